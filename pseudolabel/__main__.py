@@ -1,0 +1,3 @@
+from pseudolabel.cli import app
+
+app(prog_name="pseudolabel")

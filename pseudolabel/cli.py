@@ -1,0 +1,197 @@
+"""Command line: parses options, builds arguments, calls one library function per command."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="Turn cheap annotations (tags, points, boxes) into instance masks with prompted "
+    "foundation models. Without --config, commands run on the embedded synthetic dataset.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", help="YAML config naming the dataset and run directory "
+                 "(default: the embedded synthetic world)."),
+]
+WEAK_HELP = "Weak setting: none, class, point+class or box+class."
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _print_json(data: dict, out: Path | None) -> None:
+    text = json.dumps(data, indent=2)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+        typer.echo(f"wrote {out}")
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v",
+                                               help="Log every skipped item.")] = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.ERROR,
+                        format="%(levelname)s %(message)s", stream=sys.stderr)
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option(help="Output folder (images/ and annotations/).")] = Path(
+        "runs/data/synthetic"),
+    train: Annotated[int, typer.Option(help="Number of training images.")] = 400,
+    val: Annotated[int, typer.Option(help="Number of validation images.")] = 100,
+    seed: Annotated[int, typer.Option(help="Random seed; same seed, byte-identical files.")] = 0,
+    size: Annotated[int, typer.Option(help="Longest image side in pixels.")] = 160,
+    style: Annotated[str, typer.Option(help="World style: target (default) or source (the "
+                                       "domain the synthetic foundation models train on).")] = "target",
+) -> None:
+    """Write the synthetic dataset: PNG images + COCO annotations/train.json and val.json."""
+    from pseudolabel.stages.synth import SynthConfig, synthesize
+
+    try:
+        counts = synthesize(out, SynthConfig(train=train, val=val, seed=seed, size=size,
+                                             style=style))
+    except ValueError as exc:
+        _fail(str(exc))
+    for split, c in counts.items():
+        typer.echo(f"{split}: {c['images']} images, {c['instances']} instances")
+    typer.echo(f"wrote {out}/annotations/train.json, {out}/annotations/val.json")
+
+
+@app.command()
+def weaken(
+    weak: Annotated[str, typer.Option(help=WEAK_HELP)],
+    fraction: Annotated[float, typer.Option(help="Share of images that keep full masks, "
+                                            "e.g. 0.01 or 0.1 (0 for none).")],
+    gt: Annotated[Path | None, typer.Option(help="Ground-truth COCO file (default: the "
+                                            "config's training annotations).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the split and of the points.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Output file (default: "
+                                             "<run_dir>/weak/<weak>.json).")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Simulate weak labels from ground truth as seed 001 does (§3.2-3.5)."""
+    from pseudolabel.config import ensure_data, load_config
+    from pseudolabel.data.coco import load_coco, save_json
+    from pseudolabel.stages.weaken import weaken as run_weaken
+
+    try:
+        cfg = load_config(config)
+        gt = gt if gt is not None else ensure_data(cfg).train
+        out = out if out is not None else cfg.run_dir / "weak" / f"{weak}.json"
+        data, report = run_weaken(load_coco(gt), weak, fraction, seed)
+    except ValueError as exc:
+        _fail(str(exc))
+    save_json(out, data)
+    kinds: dict[str, int] = {}
+    for img in data["images"]:
+        kinds[img["kind"]] = kinds.get(img["kind"], 0) + 1
+    typer.echo(f"{weak} @ {fraction:g}: " + ", ".join(f"{n} {k}" for k, n in kinds.items())
+               + f" images, {len(data['annotations'])} annotations")
+    if len(report):
+        typer.echo(report.summary())
+    typer.echo(f"wrote {out}")
+
+
+def _format_ap(name: str, stats: dict) -> str:
+    return f"{name:<9}" + "".join(f"{k}={v:6.2f}  " for k, v in stats.items())
+
+
+@app.command()
+def evaluate(
+    pred: Annotated[Path | None, typer.Option(help="Mask predictions: COCO results list or "
+                                              "COCO file.")] = None,
+    pseudo: Annotated[Path | None, typer.Option(help="Pseudo-label file to score on its "
+                                                "weakly labelled images.")] = None,
+    gt: Annotated[Path | None, typer.Option(help="Ground truth (default: the config's "
+                                            "validation annotations for --pred, training "
+                                            "annotations for --pseudo).")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures as JSON.")] = None,
+    area_scale: Annotated[float | None, typer.Option(help="Multiply COCO's small/large area "
+                          "thresholds (default: the GT's info.area_scale, else 1).")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """COCO mask AP + boundary AP of predictions, or pseudo-mask quality against GT."""
+    from pseudolabel.config import ensure_data, load_config
+    from pseudolabel.data.coco import load_coco
+    from pseudolabel.evaluation.coco_eval import evaluate_masks, load_predictions
+    from pseudolabel.evaluation.pseudo import evaluate_pseudo
+
+    if (pred is None) == (pseudo is None):
+        _fail("give exactly one of --pred or --pseudo")
+    try:
+        if gt is None:
+            data = ensure_data(load_config(config))
+            gt = data.val if pred is not None else data.train
+        gt_ds = load_coco(gt)
+        if pred is not None:
+            result = evaluate_masks(gt_ds, load_predictions(pred), area_scale=area_scale)
+        else:
+            result = evaluate_pseudo(load_coco(pseudo), gt_ds, area_scale=area_scale)
+    except ValueError as exc:
+        _fail(str(exc))
+    if pseudo is not None:
+        typer.echo(f"pseudo-masks on {result['num_images']} weakly labelled images: "
+                   f"mIoU {result['mIoU']:.3f} over {result['num_instances']} GT instances, "
+                   f"{result['unmatched_pseudo']} unmatched pseudo-masks")
+        for name, c in result["per_class"].items():
+            typer.echo(f"  {name:<12} mIoU {c['mIoU']:.3f}  ({c['num_instances']} instances)")
+    typer.echo(_format_ap("mask", result["segm"]))
+    typer.echo(_format_ap("boundary", result["boundary"]))
+    if len(gt_ds.report):
+        typer.echo(gt_ds.report.summary())
+    _print_json(result, json_out)
+
+
+@app.command()
+def cost(
+    weak: Annotated[str, typer.Option(help=WEAK_HELP)],
+    fraction: Annotated[float, typer.Option(help="Share of images with full masks.")],
+    dataset: Annotated[str, typer.Option(help="coco, ade20k or cityscapes.")] = "coco",
+    images: Annotated[int | None, typer.Option(help="Number of images (default: the "
+                                               "dataset's training set).")] = None,
+) -> None:
+    """Annotation hours of a setting, from seed 001 Table 1, and the saving versus full masks."""
+    from pseudolabel.stages.cost import labelling_cost
+
+    try:
+        c = labelling_cost(dataset, weak, fraction, images)
+    except ValueError as exc:
+        _fail(str(exc))
+    factor = "no labelling cost" if math.isinf(c["saving_factor"]) else f"{c['saving_factor']:.2f}x cheaper"
+    typer.echo(f"{dataset}, {c['images']} images, masks on {c['fully_labeled']}, "
+               f"{weak} on the rest: {c['hours']:,.0f} h vs {c['full_mask_hours']:,.0f} h "
+               f"with full masks ({factor}, {c['hours_saved']:,.0f} h saved)")
+
+
+@app.command()
+def check(
+    annotations: Annotated[Path, typer.Argument(help="COCO instances file to validate.")],
+    images: Annotated[Path | None, typer.Option(help="Image root; every image is decoded "
+                                                "and its size compared.")] = None,
+) -> None:
+    """Validate a COCO file (and its images) and list every item that later stages would skip."""
+    from pseudolabel.stages.check import check_dataset
+
+    try:
+        counts, report = check_dataset(annotations, images)
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(", ".join(f"{v} {k}" for k, v in counts.items()))
+    for p in report.problems:
+        typer.echo(f"  {p}")
+    if len(report):
+        raise typer.Exit(1)

@@ -1,0 +1,75 @@
+"""Run configuration: which dataset a command works on and where its run directory is.
+
+Without ``--config`` every command uses the embedded synthetic default, generated on first
+use under ``runs/data/synthetic``. A YAML config names real data instead::
+
+    data:
+      train: /data/coco/annotations/instances_train2017.json
+      val: /data/coco/annotations/instances_val2017.json
+      images: /data/coco/images        # file_name is resolved under this root
+    run_dir: runs/coco
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from pseudolabel.stages.synth import SynthConfig, synthesize
+
+DEFAULT_DATA_DIR = Path("runs/data/synthetic")
+DEFAULT_RUN_DIR = Path("runs/default")
+
+
+@dataclass
+class DataPaths:
+    train: Path
+    val: Path
+    images: Path
+
+
+@dataclass
+class Config:
+    data: DataPaths
+    run_dir: Path
+    synthetic: SynthConfig | None = None  # set when the data is the generated synthetic set
+    raw: dict = field(default_factory=dict)
+
+
+def synthetic_paths(root: Path) -> DataPaths:
+    return DataPaths(root / "annotations/train.json", root / "annotations/val.json",
+                     root / "images")
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read a YAML config, or the synthetic default when ``path`` is None."""
+    if path is None:
+        return Config(synthetic_paths(DEFAULT_DATA_DIR), DEFAULT_RUN_DIR, SynthConfig())
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a config must be a mapping at the top level")
+    data = raw.get("data") or {}
+    run_dir = Path(raw.get("run_dir", DEFAULT_RUN_DIR))
+    if "synthetic" in data:
+        synth = SynthConfig(**data["synthetic"].get("params", {}))
+        return Config(synthetic_paths(Path(data["synthetic"]["root"])), run_dir, synth, raw)
+    missing = [k for k in ("train", "val", "images") if k not in data]
+    if missing:
+        raise ValueError(f"{path}: 'data' needs keys {missing} (annotation files and image root)")
+    return Config(DataPaths(Path(data["train"]), Path(data["val"]), Path(data["images"])),
+                  run_dir, None, raw)
+
+
+def ensure_data(cfg: Config) -> DataPaths:
+    """Generate the synthetic data if the config uses it and it is not there yet."""
+    if cfg.synthetic is not None and not (cfg.data.train.is_file() and cfg.data.val.is_file()):
+        synthesize(cfg.data.images.parent, cfg.synthetic)
+    return cfg.data

@@ -1,0 +1,81 @@
+"""Image files -> ``(H, W, 3)`` uint8 RGB arrays, with paths kept under the image root."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+
+class ImageLoadError(ValueError):
+    """An image file is missing, unreadable, truncated or escapes the image root."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+def resolve_image_path(image_root: str | Path, file_name: str) -> Path:
+    """Join ``file_name`` to ``image_root``, refusing names that leave the root.
+
+    An absolute name, or one whose ``..`` parts climb above the root, raises ``ImageLoadError``.
+    The check is on the normalised path, so symlinked image folders inside the root still work.
+    """
+    if not isinstance(file_name, str) or not file_name:
+        raise ImageLoadError(f"{image_root}/{file_name!r}", "file_name must be a non-empty string")
+    if os.path.isabs(file_name) or Path(file_name).drive:
+        raise ImageLoadError(file_name, "absolute file_name is not allowed; give it relative to "
+                             f"the image root {image_root}")
+    normalised = os.path.normpath(file_name)
+    if normalised == ".." or normalised.startswith(".." + os.sep):
+        raise ImageLoadError(file_name, f"file_name escapes the image root {image_root}")
+    return Path(image_root) / normalised
+
+
+def _to_rgb_uint8(img: Image.Image) -> np.ndarray:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16-bit (or 32-bit int) grayscale: scale the full 16-bit range to 8 bits.
+        arr = np.asarray(img, dtype=np.float64)
+        arr = np.clip(arr / 257.0, 0, 255).round().astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=2)
+    if img.mode == "F":
+        arr = np.clip(np.asarray(img, dtype=np.float64), 0, 255).round().astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=2)
+    # Palette, grayscale, alpha and CMYK modes: PIL's conversion; alpha is dropped.
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Read an image file as ``(H, W, 3)`` uint8 RGB, upright per its EXIF orientation.
+
+    Handles grayscale, RGBA/LA (alpha dropped), palette, CMYK and 16-bit files. Raises
+    ``ImageLoadError`` naming the file for a missing, unreadable or truncated image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageLoadError(path, "image file not found")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return _to_rgb_uint8(img)
+    except UnidentifiedImageError:
+        raise ImageLoadError(path, "not a readable image file") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageLoadError(path, f"corrupt or truncated image ({exc})") from None
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(H, W)`` of an image as ``load_image`` would return it (EXIF rotation applied)."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            orientation = img.getexif().get(0x0112, 1)
+    except FileNotFoundError:
+        raise ImageLoadError(path, "image file not found") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageLoadError(path, f"not a readable image file ({exc})") from None
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)

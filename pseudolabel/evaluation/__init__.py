@@ -1,0 +1,1 @@
+"""Evaluation: COCO mask AP, boundary AP, and pseudo-mask quality against ground truth."""

@@ -1,0 +1,1 @@
+"""Array operations shared by stages (no I/O, no models)."""

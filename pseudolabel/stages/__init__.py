@@ -1,0 +1,1 @@
+"""Pipeline stages: each reads what earlier stages wrote and writes its own outputs."""
