@@ -55,8 +55,9 @@ def synth(
     val: Annotated[int, typer.Option(help="Number of validation images.")] = 100,
     seed: Annotated[int, typer.Option(help="Random seed; same seed, byte-identical files.")] = 0,
     size: Annotated[int, typer.Option(help="Longest image side in pixels.")] = 160,
-    style: Annotated[str, typer.Option(help="World style: target (default) or source (the "
-                                       "domain the synthetic foundation models train on).")] = "target",
+    style: Annotated[str, typer.Option(
+        help="World style: target (default) or source (the domain the synthetic foundation "
+        "models train on).")] = "target",
 ) -> None:
     """Write the synthetic dataset: PNG images + COCO annotations/train.json and val.json."""
     from pseudolabel.stages.synth import SynthConfig, synthesize
@@ -119,7 +120,8 @@ def evaluate(
     gt: Annotated[Path | None, typer.Option(help="Ground truth (default: the config's "
                                             "validation annotations for --pred, training "
                                             "annotations for --pseudo).")] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures as JSON.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json",
+                                                  help="Write the figures as JSON.")] = None,
     area_scale: Annotated[float | None, typer.Option(help="Multiply COCO's small/large area "
                           "thresholds (default: the GT's info.area_scale, else 1).")] = None,
     config: ConfigOpt = None,
@@ -171,7 +173,8 @@ def cost(
         c = labelling_cost(dataset, weak, fraction, images)
     except ValueError as exc:
         _fail(str(exc))
-    factor = "no labelling cost" if math.isinf(c["saving_factor"]) else f"{c['saving_factor']:.2f}x cheaper"
+    factor = ("no labelling cost" if math.isinf(c["saving_factor"])
+              else f"{c['saving_factor']:.2f}x cheaper")
     typer.echo(f"{dataset}, {c['images']} images, masks on {c['fully_labeled']}, "
                f"{weak} on the rest: {c['hours']:,.0f} h vs {c['full_mask_hours']:,.0f} h "
                f"with full masks ({factor}, {c['hours_saved']:,.0f} h saved)")

@@ -94,8 +94,9 @@ def _stats(ev: COCOeval) -> dict:
         ev.accumulate()
         ev.summarize()
     # COCOeval gives -1 where nothing could be measured (no GT in that range): keep it.
-    return {k: float(v) * 100 if v >= 0 else -1.0 for k, v in zip(STAT_NAMES, ev.stats[:6],
-                                                                  strict=True)}
+    # Rounding to 1e-6 drops float noise (99.99999999999997) and nothing a paper reports.
+    return {k: round(float(v) * 100, 6) if v >= 0 else -1.0
+            for k, v in zip(STAT_NAMES, ev.stats[:6], strict=True)}
 
 
 def evaluate_masks(gt: CocoDataset, predictions: list[dict], *, area_scale: float | None = None,

@@ -62,7 +62,8 @@ def write_split(out: Path, split: str, n: int, cfg: SynthConfig, progress: bool 
         file_name = f"{split}/{image_id:06d}.png"
         Image.fromarray(scene.image).save(out / "images" / file_name)
         images.append({"id": image_id, "file_name": file_name, "height": h, "width": w})
-        masks = np.stack([o.mask for o in scene.objects]) if scene.objects else np.zeros((0, h, w), bool)
+        masks = (np.stack([o.mask for o in scene.objects]) if scene.objects
+                 else np.zeros((0, h, w), bool))
         for obj, rle in zip(scene.objects, masks_to_rles(masks), strict=True):
             annotations.append({
                 "id": len(annotations) + 1,

@@ -193,7 +193,8 @@ def render_scene(height: int, width: int, style: WorldStyle, rng: np.random.Gene
         covered |= full
         area = int(visible.sum())
         if area >= min_visible_px and area >= min_visible_frac * full.sum():
-            objects.append(SceneObject(k, visible, [p & visible for p in parts if (p & visible).any()]))
+            parts = [p & visible for p in parts]
+            objects.append(SceneObject(k, visible, [p for p in parts if p.any()]))
     objects.reverse()
 
     canvas = ndimage.gaussian_filter(canvas, sigma=(0.6, 0.6, 0))  # soft, anti-aliased edges

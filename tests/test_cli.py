@@ -1,0 +1,70 @@
+"""Each command end to end, in-process, on a small synthetic dataset."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from pseudolabel.cli import app
+
+runner = CliRunner()
+
+
+def _run(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli")
+    text = _run("synth", "--out", out, "--train", 12, "--val", 4, "--size", 80, "--seed", 1)
+    assert "train: 12 images" in text
+    return out
+
+
+def test_weaken_every_setting_and_evaluate(data, tmp_path):
+    gt = data / "annotations" / "train.json"
+    for weak in ("none", "class", "point+class", "box+class"):
+        out = tmp_path / f"{weak}.json"
+        text = _run("weaken", "--gt", gt, "--weak", weak, "--fraction", 0.25, "--out", out)
+        assert "3 fully_labeled" in text
+        kinds = {i["kind"] for i in json.loads(out.read_text())["images"]}
+        assert kinds == {"fully_labeled", weak}
+    report = tmp_path / "eval.json"
+    text = _run("evaluate", "--pred", data / "annotations" / "val.json", "--gt",
+                data / "annotations" / "val.json", "--json", report)
+    assert "AP=100.00" in text
+    figures = json.loads(report.read_text())
+    assert figures["segm"]["AP"] == 100.0 and figures["boundary"]["AP"] == 100.0
+    text = _run("evaluate", "--pseudo", gt, "--gt", gt)
+    assert "mIoU 1.000" in text
+
+
+def test_cost_prints_hours():
+    text = _run("cost", "--weak", "point+class", "--fraction", 0.01)
+    assert "118287 images" in text and "7.23x cheaper" in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["weaken", "--weak", "scribble", "--fraction", "0.1", "--gt", "{gt}"], "unknown weak setting"),
+    (["evaluate", "--gt", "{gt}"], "exactly one of --pred or --pseudo"),
+    (["evaluate", "--pred", "{missing}", "--gt", "{gt}"], "file not found"),
+    (["cost", "--weak", "none", "--fraction", "0.1", "--dataset", "voc"], "unknown dataset"),
+])
+def test_errors_are_clear_and_exit_2(data, args, message):
+    fill = {"gt": str(data / "annotations" / "train.json"), "missing": str(data / "nope.json")}
+    result = runner.invoke(app, [a.format(**fill) for a in args])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_check_lists_problems_and_fails(data, tmp_path):
+    raw = json.loads((data / "annotations" / "val.json").read_text())
+    raw["annotations"][0]["category_id"] = 999
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(raw))
+    result = runner.invoke(app, ["check", str(path), "--images", str(data / "images")])
+    assert result.exit_code == 1
+    assert "unknown category_id 999" in result.output and "bad.json" in result.output
