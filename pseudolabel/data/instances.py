@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -21,6 +21,8 @@ class Instances:
             (boxes only). Empty instances are ``(0, H, W)``.
         scores: ``(N,)`` float32 confidences in ``[0, 1]`` (1 for ground truth).
         points_xy: ``(N, 2)`` float32 points ``(x, y)`` in pixels, or ``None``.
+        class_scores: ``(N, K)`` float32 score of each instance for each class of a label
+            space (a detector's output), or ``None``.
     """
 
     image_size: tuple[int, int]
@@ -29,7 +31,7 @@ class Instances:
     masks: np.ndarray | None = None
     scores: np.ndarray | None = None
     points_xy: np.ndarray | None = None
-    extra: dict = field(default_factory=dict)
+    class_scores: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         h, w = (int(v) for v in self.image_size)
@@ -56,6 +58,11 @@ class Instances:
             if pts.shape != (n, 2):
                 raise ValueError(f"points_xy must have shape ({n}, 2), got {pts.shape}")
             self.points_xy = pts
+        if self.class_scores is not None:
+            cs = np.asarray(self.class_scores, dtype=np.float32)
+            if cs.ndim != 2 or len(cs) != n:
+                raise ValueError(f"class_scores must have shape ({n}, K), got {cs.shape}")
+            self.class_scores = cs
         bad = self.boxes_xyxy[:, 2:] < self.boxes_xyxy[:, :2]
         if bad.any():
             i = int(np.flatnonzero(bad.any(axis=1))[0])
@@ -75,6 +82,7 @@ class Instances:
             masks=None if self.masks is None else self.masks[index],
             scores=self.scores[index],
             points_xy=None if self.points_xy is None else self.points_xy[index],
+            class_scores=None if self.class_scores is None else self.class_scores[index],
         )
 
     @classmethod

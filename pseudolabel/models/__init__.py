@@ -1,0 +1,1 @@
+"""Foundation-model adapters: SAM, class-aware prompt encoder, CLIP text, Grounding DINO."""

@@ -1,0 +1,86 @@
+"""Safe checkpoint files: safetensors or ``torch.load(weights_only=True)``, strict loading."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from urllib.error import URLError
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a ``.safetensors`` file or a plain PyTorch state dict.
+
+    Pickled files are read with ``weights_only=True``: a file whose pickle would import
+    modules or call functions (code execution) is refused with ``ValueError`` before any
+    of it runs.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: checkpoint file not found")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # safetensors raises its own error types
+            raise ValueError(f"{path}: not a readable safetensors file ({exc})") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(
+            f"{path}: refused: this checkpoint's pickle would run code or build objects other "
+            f"than tensors ({str(exc).splitlines()[0]}). Only plain state dicts or "
+            "safetensors files are loaded."
+        ) from None
+    except (RuntimeError, EOFError) as exc:
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({exc})") from None
+    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        obj = obj["model"]  # training checkpoints that wrap the weights
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{path}: expected a dict of tensors (a state dict)")
+    return obj
+
+
+def load_weights(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """``load_state_dict(strict=True)`` with an error listing missing and unexpected keys."""
+    result = module.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        def show(keys):
+            return ", ".join(keys[:8]) + (f" (+{len(keys) - 8} more)" if len(keys) > 8 else "")
+
+        raise ValueError(
+            f"{source}: weights do not fit {type(module).__name__}: "
+            f"missing keys [{show(result.missing_keys)}], "
+            f"unexpected keys [{show(result.unexpected_keys)}]"
+        )
+
+
+def save_safetensors(path: str | Path, state: dict[str, torch.Tensor],
+                     metadata: dict | None = None) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    save_file(tensors, str(path), metadata={k: str(v) for k, v in (metadata or {}).items()})
+
+
+def fetch_to_cache(url: str, file_name: str, flag: str) -> Path:
+    """The cached copy of ``url`` under the torch hub cache, downloading it if needed.
+
+    Without network, raises ``ValueError`` naming the missing file, where it was looked for,
+    and the command-line ``flag`` that takes a local copy.
+    """
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    target = cache / file_name
+    if target.is_file():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, str(target), progress=True)
+    except (URLError, OSError) as exc:
+        raise ValueError(
+            f"checkpoint {file_name} is not in {cache} and could not be downloaded ({exc}). "
+            f"Fetch {url} on a machine with network and pass {flag} PATH."
+        ) from None
+    return target

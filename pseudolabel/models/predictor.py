@@ -1,0 +1,220 @@
+"""Batched prompting of SAM: encode an image once, decode any number of its prompts in one call.
+
+Coordinates follow SAM's convention (``SamPredictor``): points and XYXY boxes in the
+original image's pixels, resized to the model input by resizing the longest side (a
+427x640 image maps (320, 240) to (512.0, 383.89) at 1024 px). SAM treats a coordinate as a
+pixel index and adds 0.5 itself; callers holding pixel-centre coordinates (the weak-label
+format's ``c + 0.5``) subtract 0.5 first (``pixel_centre_to_sam``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling import Sam
+from segment_anything.utils.transforms import ResizeLongestSide
+
+from pseudolabel.models.class_aware import ClassAwarePromptEncoder
+
+
+def pixel_centre_to_sam(points_xy: np.ndarray) -> np.ndarray:
+    """Points in continuous pixel coordinates (pixel centre at ``c + 0.5``) -> SAM's indices."""
+    return np.asarray(points_xy, dtype=np.float64) - 0.5
+
+
+@dataclass
+class ImageEmbeddings:
+    """Encoder output for a batch of images, reusable across decode calls (and cacheable).
+
+    ``embeddings``: ``(B, C, h, w)`` float; ``original_sizes`` / ``input_sizes``: ``(H, W)`` of
+    each image before and after the longest-side resize.
+    """
+
+    embeddings: torch.Tensor
+    original_sizes: list[tuple[int, int]]
+    input_sizes: list[tuple[int, int]]
+
+    def __getitem__(self, i: int) -> ImageEmbeddings:
+        return ImageEmbeddings(self.embeddings[i : i + 1], [self.original_sizes[i]],
+                               [self.input_sizes[i]])
+
+
+@dataclass
+class Decoded:
+    """Decoder output for N prompts of one image, M masks each (M = 3 multimask, else 1).
+
+    ``masks``: ``(N, M, H, W)`` bool at the original resolution; ``iou_predictions``:
+    ``(N, M)``; ``low_res_logits``: ``(N, M, 4h, 4w)`` mask logits (256x256 for official SAM),
+    usable as mask prompts.
+    """
+
+    masks: torch.Tensor
+    iou_predictions: torch.Tensor
+    low_res_logits: torch.Tensor
+
+    def best(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mask with the highest predicted IoU per prompt: ``(N, H, W)`` and ``(N,)``."""
+        idx = self.iou_predictions.argmax(dim=1)
+        rows = torch.arange(len(idx))
+        return self.masks[rows, idx], self.iou_predictions[rows, idx]
+
+
+# SAM's decoder copies the image embedding once per prompt and updates every copy (two-way
+# attention), so its cost grows linearly with the prompts and, on a CPU, is bound by memory
+# traffic: one call with 20 vit_b prompts (84 MB of copies) ran 1.7x slower than 20 single
+# calls here. Calls of about this many bytes of copies were fastest (benchmarks/decode.py).
+CPU_DECODE_CHUNK_BYTES = 12 * 2**20
+
+
+class PromptedSam:
+    """SAM with an optional class-aware prompt encoder (seed 001 §3.1).
+
+    ``class_embeddings`` is a ``(K, D)`` table of text embeddings; ``class_ids`` passed to
+    ``decode`` index its rows. Without a class-aware encoder, class ids are an error.
+    ``decode_chunk`` caps the prompts per decoder call (default: sized to
+    ``CPU_DECODE_CHUNK_BYTES`` on a CPU, unlimited on a GPU).
+    """
+
+    def __init__(self, sam: Sam, class_encoder: ClassAwarePromptEncoder | None = None,
+                 class_embeddings: torch.Tensor | None = None,
+                 decode_chunk: int | None = None) -> None:
+        self.sam = sam
+        self.class_encoder = class_encoder
+        self.class_embeddings = class_embeddings
+        self.transform = ResizeLongestSide(sam.image_encoder.img_size)
+        if decode_chunk is None:
+            c = sam.prompt_encoder.embed_dim
+            h, w = sam.prompt_encoder.image_embedding_size
+            decode_chunk = max(1, CPU_DECODE_CHUNK_BYTES // (4 * c * h * w))
+        self.decode_chunk = decode_chunk
+
+    @property
+    def device(self) -> torch.device:
+        return self.sam.device
+
+    @property
+    def low_res_size(self) -> int:
+        return 4 * self.sam.prompt_encoder.image_embedding_size[0]
+
+    def preprocess(self, images: list[np.ndarray]) -> tuple[torch.Tensor, list, list]:
+        """``(H, W, 3)`` uint8 RGB images -> ``(B, 3, S, S)`` normalised, padded input."""
+        batch, originals, inputs = [], [], []
+        for image in images:
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} "
+                                 f"{image.dtype}")
+            x = torch.as_tensor(image, device=self.device).permute(2, 0, 1)[None].float()
+            x = self.transform.apply_image_torch(x)
+            originals.append(tuple(image.shape[:2]))
+            inputs.append(tuple(x.shape[-2:]))
+            batch.append(self.sam.preprocess(x[0]))
+        return torch.stack(batch), originals, inputs
+
+    @torch.no_grad()
+    def encode(self, images: list[np.ndarray]) -> ImageEmbeddings:
+        """Run the image encoder once on a batch of images."""
+        x, originals, inputs = self.preprocess(images)
+        return ImageEmbeddings(self.sam.image_encoder(x), originals, inputs)
+
+    def prompt_tensors(self, original_size, points_xy=None, point_labels=None, boxes_xyxy=None):
+        """Resize prompt coordinates to the model input; returns torch tensors or None."""
+        points = boxes = None
+        if points_xy is not None:
+            pts = np.asarray(points_xy, dtype=np.float64)
+            if pts.ndim == 2:  # one point per prompt
+                pts = pts[:, None, :]
+            labels = (np.ones(pts.shape[:2]) if point_labels is None
+                      else np.asarray(point_labels).reshape(pts.shape[:2]))
+            pts = self.transform.apply_coords(pts, original_size)
+            points = (torch.as_tensor(pts, dtype=torch.float32, device=self.device),
+                      torch.as_tensor(labels, dtype=torch.int64, device=self.device))
+        if boxes_xyxy is not None:
+            b = self.transform.apply_boxes(np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4),
+                                           original_size)
+            boxes = torch.as_tensor(b, dtype=torch.float32, device=self.device)
+        return points, boxes
+
+    def decode_tensors(self, embedding: torch.Tensor, points, boxes, mask_logits, class_ids,
+                       multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Differentiable decode of N prompts of one image -> low-res logits and IoU preds."""
+        if class_ids is not None:
+            if self.class_encoder is None or self.class_embeddings is None:
+                raise ValueError("class_ids need a class-aware prompt encoder and class "
+                                 "embeddings")
+            text = self.class_embeddings[torch.as_tensor(class_ids, device=self.device)]
+            sparse, dense = self.class_encoder(points, boxes, mask_logits, text)
+        else:
+            encoder = self.class_encoder.locked if self.class_encoder else self.sam.prompt_encoder
+            sparse, dense = encoder(points=points, boxes=boxes, masks=mask_logits)
+        return self.sam.mask_decoder(
+            image_embeddings=embedding,
+            image_pe=self.sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+        )
+
+    @torch.no_grad()
+    def decode(self, embeddings: ImageEmbeddings, *, points_xy=None, point_labels=None,
+               boxes_xyxy=None, mask_logits=None, class_ids=None,
+               multimask: bool = False) -> Decoded:
+        """Decode N prompts of the single image in ``embeddings`` in one batched call.
+
+        Args:
+            points_xy: ``(N, 2)`` or ``(N, P, 2)`` points in original pixels (SAM convention).
+            point_labels: ``(N,)`` or ``(N, P)``: 1 positive, 0 negative (default all 1).
+            boxes_xyxy: ``(N, 4)`` boxes in original pixels.
+            mask_logits: ``(N, 1, L, L)`` low-res mask logits (``L = low_res_size``).
+            class_ids: ``(N,)`` rows of ``class_embeddings``.
+        """
+        if len(embeddings.original_sizes) != 1:
+            raise ValueError("decode takes the embeddings of one image; index the batch first")
+        original, input_size = embeddings.original_sizes[0], embeddings.input_sizes[0]
+        points, boxes = self.prompt_tensors(original, points_xy, point_labels, boxes_xyxy)
+        n = _num_prompts(points, boxes, mask_logits, class_ids)
+        if mask_logits is not None:
+            mask_logits = torch.as_tensor(mask_logits, dtype=torch.float32, device=self.device)
+        if n == 0:
+            h, w = original
+            m = 3 if multimask else 1
+            return Decoded(torch.zeros((0, m, h, w), dtype=torch.bool),
+                           torch.zeros((0, m)),
+                           torch.zeros((0, m, self.low_res_size, self.low_res_size)))
+        chunk = n if self.device.type == "cuda" else self.decode_chunk
+        image = embeddings.embeddings.to(self.device)
+        parts = []
+        for s in range(0, n, chunk):
+            sl = slice(s, s + chunk)
+            low_res, iou = self.decode_tensors(
+                image,
+                None if points is None else (points[0][sl], points[1][sl]),
+                None if boxes is None else boxes[sl],
+                None if mask_logits is None else mask_logits[sl],
+                None if class_ids is None else np.asarray(class_ids)[sl],
+                multimask)
+            masks = self.sam.postprocess_masks(low_res, input_size, original)
+            parts.append((masks > self.sam.mask_threshold, iou, low_res))
+        return Decoded(*(torch.cat(t) for t in zip(*parts, strict=True)))
+
+    def upscale(self, low_res: torch.Tensor, embeddings: ImageEmbeddings) -> torch.Tensor:
+        """Low-res logits ``(N, M, L, L)`` -> logits at the original image resolution."""
+        return self.sam.postprocess_masks(low_res, embeddings.input_sizes[0],
+                                          embeddings.original_sizes[0])
+
+
+def _num_prompts(points, boxes, mask_logits, class_ids) -> int:
+    counts = {len(x) for x in (points[0] if points else None, boxes, mask_logits, class_ids)
+              if x is not None}
+    if not counts:
+        raise ValueError("give at least one prompt: points, boxes or mask logits")
+    if len(counts) > 1:
+        raise ValueError(f"prompt arrays disagree on the number of prompts: {sorted(counts)}")
+    return counts.pop()
+
+
+def resize_logits(logits: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize ``(N, 1, h, w)`` mask logits to ``size x size`` (bilinear)."""
+    return F.interpolate(logits, (size, size), mode="bilinear", align_corners=False)

@@ -1,0 +1,142 @@
+from urllib.error import URLError
+
+import numpy as np
+import pytest
+import torch
+
+from pseudolabel.models.class_aware import ClassAwarePromptEncoder
+from pseudolabel.models.predictor import PromptedSam, pixel_centre_to_sam
+from pseudolabel.models.sam import SAM_MODELS, build_sam
+
+
+@pytest.mark.parametrize("name", SAM_MODELS.names())
+def test_every_builder_runs_a_forward_pass(name):
+    torch.manual_seed(0)
+    sam = build_sam(name, pretrained=False)
+    predictor = PromptedSam(sam)
+    image = np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    emb = predictor.encode([image])
+    s = sam.image_encoder.img_size // 16 if name != "tiny" else 32
+    assert emb.embeddings.shape == (1, sam.prompt_encoder.embed_dim, s, s)
+    out = predictor.decode(emb, boxes_xyxy=[[5, 5, 40, 30]], multimask=True)
+    assert out.masks.shape == (1, 3, 60, 80) and out.iou_predictions.shape == (1, 3)
+    assert out.low_res_logits.shape[-1] == predictor.low_res_size
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return PromptedSam(build_sam("tiny"))
+
+
+@pytest.mark.parametrize("size, point, expected", [
+    ((427, 640), (320, 240), (512.0, 383.89)),   # the example, at 1024
+    ((640, 427), (240, 320), (383.89, 512.0)),   # portrait
+    ((100, 100), (50, 50), (512.0, 512.0)),      # square upscaled
+])
+def test_resize_longest_side_maps_points(size, point, expected):
+    sam = build_sam("vit_b", pretrained=False)
+    points, _ = PromptedSam(sam).prompt_tensors(size, points_xy=[point])
+    np.testing.assert_allclose(points[0][0, 0].numpy(), expected, atol=0.01)
+
+
+def test_boxes_resized_like_points(tiny):
+    pts, boxes = tiny.prompt_tensors((120, 160), points_xy=[[80, 60]],
+                                     boxes_xyxy=[[0, 0, 160, 120]])
+    np.testing.assert_allclose(pts[0][0, 0].numpy(), [128, 96])
+    np.testing.assert_allclose(boxes[0].numpy(), [0, 0, 256, 192])
+
+
+def test_pixel_centre_convention():
+    np.testing.assert_allclose(pixel_centre_to_sam([[10.5, 3.5]]), [[10, 3]])
+
+
+def test_batched_decode_equals_single_decodes(tiny):
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    emb = tiny.encode([image])
+    x0 = rng.uniform(0, 80, 20)
+    y0 = rng.uniform(0, 60, 20)
+    boxes = np.stack([x0, y0, x0 + rng.uniform(5, 40, 20), y0 + rng.uniform(5, 30, 20)], 1)
+    batched = tiny.decode(emb, boxes_xyxy=boxes, multimask=True)
+    for i in range(20):
+        single = tiny.decode(emb, boxes_xyxy=boxes[i : i + 1], multimask=True)
+        torch.testing.assert_close(single.low_res_logits[0], batched.low_res_logits[i],
+                                   atol=1e-4, rtol=1e-4)
+        assert torch.equal(single.masks[0], batched.masks[i])
+
+
+def test_points_masks_and_embeddings_reuse(tiny):
+    rng = np.random.default_rng(2)
+    images = [rng.integers(0, 255, (64, 96, 3), dtype=np.uint8),
+              rng.integers(0, 255, (80, 80, 3), dtype=np.uint8)]
+    batch = tiny.encode(images)
+    alone = tiny.encode(images[1:])
+    torch.testing.assert_close(batch.embeddings[1:], alone.embeddings, atol=1e-4, rtol=1e-4)
+    first = tiny.decode(batch[0], points_xy=[[10, 10], [40, 30]], point_labels=[1, 1])
+    assert first.masks.shape == (2, 1, 64, 96)
+    # low-res logits fed back as mask prompts, with several points per prompt
+    again = tiny.decode(batch[0], points_xy=[[[10, 10], [12, 40]], [[40, 30], [5, 5]]],
+                        point_labels=[[1, 0], [1, 0]], mask_logits=first.low_res_logits)
+    assert again.masks.shape == (2, 1, 64, 96)
+    best, iou = tiny.decode(batch[0], boxes_xyxy=[[0, 0, 50, 50]], multimask=True).best()
+    assert best.shape == (1, 64, 96) and iou.shape == (1,)
+    empty = tiny.decode(batch[0], boxes_xyxy=np.zeros((0, 4)))
+    assert empty.masks.shape == (0, 1, 64, 96)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(), "at least one prompt"),
+    (dict(points_xy=[[1, 1]], boxes_xyxy=[[0, 0, 5, 5], [1, 1, 6, 6]]), "disagree"),
+    (dict(boxes_xyxy=[[0, 0, 5, 5]], class_ids=[0]), "class-aware"),
+])
+def test_bad_prompts(tiny, kwargs, message):
+    emb = tiny.encode([np.zeros((32, 32, 3), np.uint8)])
+    with pytest.raises(ValueError, match=message):
+        tiny.decode(emb, **kwargs)
+
+
+def test_class_aware_encoder_equals_plain_encoder_at_init():
+    sam = build_sam("tiny")
+    plain = sam.prompt_encoder
+    encoder = ClassAwarePromptEncoder(plain, text_dim=64)
+    torch.manual_seed(3)
+    points = (torch.rand(5, 1, 2) * 256, torch.ones(5, 1, dtype=torch.int64))
+    boxes = torch.rand(5, 4) * 128
+    boxes[:, 2:] += 128
+    text = torch.randn(5, 64)
+    for p, b in ((points, None), (None, boxes), (points, boxes)):
+        s_ref, d_ref = plain(points=p, boxes=b, masks=None)
+        s, d = encoder(p, b, None, text)
+        assert torch.equal(s, s_ref) and torch.equal(d, d_ref)
+    # Once G_zero has learnt something, the class changes the prompt.
+    torch.nn.init.normal_(encoder.g_zero.weight)
+    s1, _ = encoder(None, boxes, None, text)
+    s2, _ = encoder(None, boxes, None, text.roll(1, 0))
+    assert not torch.allclose(s1, s2)
+    trainable = {n for n, p in encoder.named_parameters() if p.requires_grad}
+    assert trainable and all(not n.startswith("locked.") for n in trainable)
+
+
+def test_class_ids_select_text_embeddings():
+    sam = build_sam("tiny")
+    encoder = ClassAwarePromptEncoder(sam.prompt_encoder, text_dim=8)
+    torch.nn.init.normal_(encoder.g_zero.weight)
+    predictor = PromptedSam(sam, encoder, class_embeddings=torch.randn(3, 8))
+    emb = predictor.encode([np.full((40, 40, 3), 128, np.uint8)])
+    a = predictor.decode(emb, boxes_xyxy=[[5, 5, 30, 30]] * 2, class_ids=[0, 2])
+    assert not torch.allclose(a.low_res_logits[0], a.low_res_logits[1])
+
+
+def test_offline_message_names_file_and_flag(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def no_network(url, dst, progress=True):
+        raise URLError("Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    with pytest.raises(ValueError) as e:
+        build_sam("vit_b")
+    msg = str(e.value)
+    assert "sam_vit_b_01ec64.pth" in msg and "--sam-checkpoint" in msg and str(tmp_path) in msg
+    with pytest.raises(ValueError, match="nothere.pth: SAM checkpoint not found"):
+        build_sam("vit_h", checkpoint=tmp_path / "nothere.pth")
