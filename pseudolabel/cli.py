@@ -117,35 +117,79 @@ def evaluate(
                                               "COCO file.")] = None,
     pseudo: Annotated[Path | None, typer.Option(help="Pseudo-label file to score on its "
                                                 "weakly labelled images.")] = None,
+    teacher: Annotated[str | None, typer.Option(
+        help="SAM weights to score with GT-simulated prompts ('default': the shipped "
+        "synthetic foundation SAM).")] = None,
+    detector: Annotated[str | None, typer.Option(
+        help="Grounding DINO weights to score by box AP50 with the whole label space as "
+        "prompt ('default': the shipped tiny model; or a hub id / folder).")] = None,
     gt: Annotated[Path | None, typer.Option(help="Ground truth (default: the config's "
-                                            "validation annotations for --pred, training "
-                                            "annotations for --pseudo).")] = None,
+                                            "validation annotations; training annotations "
+                                            "for --pseudo).")] = None,
+    images: Annotated[Path | None, typer.Option(help="Image root for --teacher/--detector "
+                                                "(default: the config's).")] = None,
+    prompts: Annotated[str, typer.Option(help="Prompt kinds for --teacher, comma-separated: "
+                                         "box, point, box+point.")] = "box,point,box+point",
+    sam_model: Annotated[str, typer.Option(
+        help="SAM variant: tiny, vit_b, vit_l, vit_h.")] = "tiny",
+    max_images: Annotated[int | None, typer.Option(help="Score only the first N images.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json",
                                                   help="Write the figures as JSON.")] = None,
     area_scale: Annotated[float | None, typer.Option(help="Multiply COCO's small/large area "
                           "thresholds (default: the GT's info.area_scale, else 1).")] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """COCO mask AP + boundary AP of predictions, or pseudo-mask quality against GT."""
+    """Score predictions (mask AP + boundary AP), pseudo-masks, a SAM teacher or a detector."""
     from pseudolabel.config import ensure_data, load_config
+
+    chosen = [n for n, v in (("--pred", pred), ("--pseudo", pseudo), ("--teacher", teacher),
+                             ("--detector", detector)) if v is not None]
+    if len(chosen) != 1:
+        _fail("give exactly one of --pred, --pseudo, --teacher or --detector")
+    try:
+        data = ensure_data(load_config(config)) if gt is None or images is None else None
+        gt = gt if gt is not None else (data.train if pseudo is not None else data.val)
+        images = images if images is not None else (data.images if data else None)
+        if teacher is not None:
+            _evaluate_teacher(teacher, sam_model, gt, images, prompts, max_images, json_out)
+        elif detector is not None:
+            _evaluate_detector(detector, gt, images, max_images, json_out)
+        else:
+            _evaluate_masks(pred, pseudo, gt, area_scale, json_out)
+    except ValueError as exc:
+        _fail(str(exc))
+
+
+def _evaluate_teacher(teacher, sam_model, gt, images, prompts, max_images, json_out) -> None:
+    from pseudolabel.stages.model_eval import evaluate_teacher
+
+    kinds = tuple(p.strip() for p in prompts.split(",") if p.strip())
+    result = evaluate_teacher(teacher, sam_model, gt, images, kinds, max_images)
+    for kind, r in result["mIoU"].items():
+        typer.echo(f"{kind:<10} mIoU {r['mIoU']:.3f}  ({r['num_instances']} instances)")
+    _print_json(result, json_out)
+
+
+def _evaluate_detector(detector, gt, images, max_images, json_out) -> None:
+    from pseudolabel.stages.model_eval import evaluate_detector
+
+    name, ckpt = ("tiny", detector) if detector == "default" or Path(detector).is_file() \
+        else (detector, None)
+    result = evaluate_detector(name, ckpt, gt, images, max_images)
+    typer.echo(f"box AP50 {result['AP50']:.2f}  AP {result['AP']:.2f}")
+    _print_json(result, json_out)
+
+
+def _evaluate_masks(pred, pseudo, gt, area_scale, json_out) -> None:
     from pseudolabel.data.coco import load_coco
     from pseudolabel.evaluation.coco_eval import evaluate_masks, load_predictions
     from pseudolabel.evaluation.pseudo import evaluate_pseudo
 
-    if (pred is None) == (pseudo is None):
-        _fail("give exactly one of --pred or --pseudo")
-    try:
-        if gt is None:
-            data = ensure_data(load_config(config))
-            gt = data.val if pred is not None else data.train
-        gt_ds = load_coco(gt)
-        if pred is not None:
-            result = evaluate_masks(gt_ds, load_predictions(pred), area_scale=area_scale)
-        else:
-            result = evaluate_pseudo(load_coco(pseudo), gt_ds, area_scale=area_scale)
-    except ValueError as exc:
-        _fail(str(exc))
-    if pseudo is not None:
+    gt_ds = load_coco(gt)
+    if pred is not None:
+        result = evaluate_masks(gt_ds, load_predictions(pred), area_scale=area_scale)
+    else:
+        result = evaluate_pseudo(load_coco(pseudo), gt_ds, area_scale=area_scale)
         typer.echo(f"pseudo-masks on {result['num_images']} weakly labelled images: "
                    f"mIoU {result['mIoU']:.3f} over {result['num_instances']} GT instances, "
                    f"{result['unmatched_pseudo']} unmatched pseudo-masks")

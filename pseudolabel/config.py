@@ -31,10 +31,26 @@ class DataPaths:
 
 
 @dataclass
+class Models:
+    """Which foundation models a run uses: a registered name plus a checkpoint.
+
+    ``"default"`` checkpoints are the synthetic foundation weights shipped in the package.
+    """
+
+    sam: str = "tiny"
+    sam_checkpoint: str | None = "default"
+    detector: str = "tiny"
+    detector_checkpoint: str | None = "default"
+    text_encoder: str = "tiny"
+    text_checkpoint: str | None = None
+
+
+@dataclass
 class Config:
     data: DataPaths
     run_dir: Path
     synthetic: SynthConfig | None = None  # set when the data is the generated synthetic set
+    models: Models = field(default_factory=Models)
     raw: dict = field(default_factory=dict)
 
 
@@ -58,14 +74,19 @@ def load_config(path: str | Path | None) -> Config:
         raise ValueError(f"{path}: a config must be a mapping at the top level")
     data = raw.get("data") or {}
     run_dir = Path(raw.get("run_dir", DEFAULT_RUN_DIR))
+    try:
+        models = Models(**(raw.get("models") or {}))
+    except TypeError as exc:
+        raise ValueError(f"{path}: bad 'models' section ({exc})") from None
     if "synthetic" in data:
         synth = SynthConfig(**data["synthetic"].get("params", {}))
-        return Config(synthetic_paths(Path(data["synthetic"]["root"])), run_dir, synth, raw)
+        return Config(synthetic_paths(Path(data["synthetic"]["root"])), run_dir, synth, models,
+                      raw)
     missing = [k for k in ("train", "val", "images") if k not in data]
     if missing:
         raise ValueError(f"{path}: 'data' needs keys {missing} (annotation files and image root)")
     return Config(DataPaths(Path(data["train"]), Path(data["val"]), Path(data["images"])),
-                  run_dir, None, raw)
+                  run_dir, None, models, raw)
 
 
 def ensure_data(cfg: Config) -> DataPaths:

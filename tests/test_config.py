@@ -11,7 +11,7 @@ def test_default_is_the_synthetic_world_and_configs_file_matches():
     default = load_config(None)
     spelled = load_config(REPO / "configs" / "synthetic.yaml")
     assert default.synthetic == spelled.synthetic and default.data == spelled.data
-    assert default.run_dir == spelled.run_dir
+    assert default.run_dir == spelled.run_dir and default.models == spelled.models
 
 
 def test_real_data_config(tmp_path):

@@ -45,7 +45,7 @@ def _to_rgb_uint8(img: Image.Image) -> np.ndarray:
         arr = np.clip(np.asarray(img, dtype=np.float64), 0, 255).round().astype(np.uint8)
         return np.repeat(arr[..., None], 3, axis=2)
     # Palette, grayscale, alpha and CMYK modes: PIL's conversion; alpha is dropped.
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return np.array(img.convert("RGB"), dtype=np.uint8)  # writable, so torch can wrap it
 
 
 def load_image(path: str | Path) -> np.ndarray:

@@ -125,15 +125,16 @@ def build_sam_vit_b(*, checkpoint: str | Path | None = None, pretrained: bool = 
 def build_sam_tiny(*, checkpoint: str | Path | None = None, pretrained: bool = True) -> Sam:
     """Same classes as SAM, small dimensions, for the synthetic world and tests.
 
-    256-px input, 8-px patches (32x32 embedding, 128x128 low-res logits), 4 encoder blocks of
-    width 96, prompt/decoder width 64. ``checkpoint=None`` gives seeded random weights.
+    160-px input (the synthetic world's image size), 8-px patches (20x20 embedding, 80x80
+    low-res logits), 4 encoder blocks of width 96, prompt/decoder width 64.
+    ``checkpoint=None`` gives seeded random weights.
     """
     del pretrained  # the tiny model has no official weights to fetch
     if checkpoint is None:
         torch.manual_seed(0)
     return _build_sam(encoder_embed_dim=96, encoder_depth=4, encoder_num_heads=4,
-                      encoder_global_attn_indexes=(1, 3), image_size=256, patch_size=8,
-                      window_size=8, prompt_embed_dim=64, decoder_mlp_dim=256,
+                      encoder_global_attn_indexes=(1, 3), image_size=160, patch_size=8,
+                      window_size=10, prompt_embed_dim=64, decoder_mlp_dim=256,
                       decoder_num_heads=4, iou_head_hidden_dim=64, checkpoint=checkpoint)
 
 

@@ -1,0 +1,1 @@
+"""Pre-training of the project's small synthetic "foundation" models (issue 4)."""

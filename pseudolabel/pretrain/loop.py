@@ -1,0 +1,68 @@
+"""A resumable training loop: fixed-key checkpoints, progress bar, stop on non-finite loss."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+STATE_KEYS = ("model", "optimizer", "step", "history", "seconds")
+
+
+def save_state(path: Path, model: nn.Module, optimizer, step: int, history: list,
+               seconds: float) -> None:
+    """Atomically write ``{model, optimizer, step, history, seconds}`` (STYLE 10)."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                "history": history, "seconds": seconds}, tmp)
+    os.replace(tmp, path)
+
+
+def load_state(path: Path, model: nn.Module, optimizer) -> tuple[int, list, float]:
+    """Resume mirrors save: weights-only loading, strict keys."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    missing = [k for k in STATE_KEYS if k not in state]
+    if missing:
+        raise ValueError(f"{path}: training state lacks {missing}")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["step"]), list(state["history"]), float(state["seconds"])
+
+
+def train(model: nn.Module, optimizer, step_fn: Callable[[int], dict], *, steps: int,
+          state_path: str | Path, every: int = 100, desc: str = "train",
+          stop_after: int | None = None, progress: bool = True) -> list[dict]:
+    """Run ``step_fn(step)`` for ``step`` in ``[resumed, steps)``, checkpointing every ``every``.
+
+    ``step_fn`` must derive all randomness from ``step`` so a resumed run continues exactly.
+    ``stop_after`` ends this call early (after that many steps) to split training across
+    runs. Returns the history (one dict of figures per step). A ``history.jsonl`` beside the
+    state file gets one line per step.
+    """
+    state_path = Path(state_path)
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+    start, history, seconds = 0, [], 0.0
+    if state_path.is_file():
+        start, history, seconds = load_state(state_path, model, optimizer)
+    end = steps if stop_after is None else min(steps, start + stop_after)
+    log = open(state_path.with_name("history.jsonl"), "a")
+    bar = tqdm(range(start, end), desc=desc, initial=start, total=steps, disable=not progress)
+    t0 = time.perf_counter()
+    try:
+        for step in bar:
+            stats = step_fn(step)
+            history.append(stats)
+            log.write(json.dumps({"step": step, **stats}) + "\n")
+            bar.set_postfix(loss=f"{stats['loss']:.3f}")
+            if (step + 1) % every == 0 or step + 1 == end:
+                save_state(state_path, model, optimizer, step + 1, history,
+                           seconds + time.perf_counter() - t0)
+    finally:
+        log.close()
+    return history

@@ -1,0 +1,139 @@
+"""Pre-train the synthetic "foundation" models on the source world and export them.
+
+    python scripts/pretrain_synthetic_foundation.py sam   --steps 3000 --work runs/pretrain
+    python scripts/pretrain_synthetic_foundation.py gdino --steps 6000 --work runs/pretrain
+    python scripts/pretrain_synthetic_foundation.py export --work runs/pretrain
+
+Each run is seeded, resumable (re-run the same command after an interruption; ``--stop-after
+N`` splits training across runs) and shows a progress bar. ``export`` evaluates both models
+zero-shot on the target world's val split and writes ``pseudolabel/assets/`` (safetensors
+weights + manifest.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from pseudolabel.data.coco import load_coco
+from pseudolabel.models.checkpoints import save_safetensors
+from pseudolabel.models.predictor import PromptedSam
+from pseudolabel.models.sam import build_sam
+from pseudolabel.pretrain.loop import train
+from pseudolabel.stages.synth import SynthConfig, synthesize
+
+ASSETS = Path(__file__).resolve().parents[1] / "pseudolabel" / "assets"
+SUBSET = 16  # the tests re-measure the shipped weights on the first SUBSET val images
+
+
+def _val(work: Path) -> Path:
+    root = work / "target"
+    if not (root / "annotations" / "val.json").is_file():
+        synthesize(root, SynthConfig(train=0, val=100), progress=False)
+    return root
+
+
+def run_sam(args) -> None:
+    from pseudolabel.pretrain.sam import SamPretrainConfig, train_step
+
+    cfg = SamPretrainConfig(steps=args.steps, seed=args.seed, data_seed=args.data_seed)
+    torch.manual_seed(cfg.seed)
+    predictor = PromptedSam(build_sam("tiny"))
+    predictor.sam.train()
+    opt = torch.optim.AdamW(predictor.sam.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    out = args.work / "sam"
+    train(predictor.sam, opt, lambda s: train_step(predictor, opt, s, cfg), steps=cfg.steps,
+          state_path=out / "state.pt", every=100, desc="tiny SAM", stop_after=args.stop_after)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+
+
+def run_gdino(args) -> None:
+    from pseudolabel.pretrain.grounding_dino import GdinoPretrainConfig, make_step
+
+    cfg = GdinoPretrainConfig(steps=args.steps, seed=args.seed, data_seed=args.data_seed)
+    torch.manual_seed(cfg.seed)
+    detector, opt, step_fn = make_step(cfg)
+    out = args.work / "gdino"
+    train(detector.model, opt, step_fn, steps=cfg.steps, state_path=out / "state.pt",
+          every=100, desc="tiny Grounding DINO", stop_after=args.stop_after)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run_export(args) -> None:
+    from pseudolabel.evaluation.teacher import detector_ap, teacher_miou
+    from pseudolabel.models.grounding_dino import build_detector
+
+    val_root = _val(args.work)
+    gt = load_coco(val_root / "annotations" / "val.json")
+    ASSETS.mkdir(parents=True, exist_ok=True)
+    manifest = {"machine": f"{platform.processor() or platform.machine()}, "
+                           f"{torch.get_num_threads()} threads, no GPU",
+                "eval": "target synthetic val (pseudolabel synth defaults, seed 0), zero-shot"}
+    for name, file in (("sam", "sam_tiny.safetensors"), ("gdino", "gdino_tiny.safetensors")):
+        state_file = args.work / name / "state.pt"
+        if not state_file.is_file():
+            print(f"skipping {name}: {state_file} not found", file=sys.stderr)
+            continue
+        state = torch.load(state_file, map_location="cpu", weights_only=True)
+        save_safetensors(ASSETS / file, state["model"])
+        cfg = json.loads((args.work / name / "config.json").read_text())
+        history = state["history"]
+        entry = {
+            "file": file, "sha256": _sha256(ASSETS / file),
+            "command": f"python scripts/pretrain_synthetic_foundation.py {name} "
+                       f"--steps {cfg['steps']} --seed {cfg['seed']} "
+                       f"--data-seed {cfg['data_seed']}",
+            "config": cfg, "steps": state["step"],
+            "train_seconds": round(state["seconds"], 1),
+            "loss_curve": [round(sum(h["loss"] for h in history[i: i + 100])
+                                 / len(history[i: i + 100]), 4)
+                           for i in range(0, len(history), 100)],
+        }
+        t = time.perf_counter()
+        subset = [img["id"] for img in gt.images[:SUBSET]]
+        if name == "sam":
+            predictor = PromptedSam(build_sam("tiny", checkpoint=ASSETS / file))
+            entry["metrics"] = teacher_miou(predictor, gt, val_root / "images")
+            entry["metrics_subset"] = teacher_miou(predictor, gt, val_root / "images",
+                                                   image_ids=subset, progress=False)
+        else:
+            detector = build_detector("tiny", checkpoint=ASSETS / file)
+            entry["metrics"] = detector_ap(detector, gt, val_root / "images")
+            entry["metrics_subset"] = detector_ap(detector, gt, val_root / "images",
+                                                  image_ids=subset, progress=False)
+        entry["eval_seconds"] = round(time.perf_counter() - t, 1)
+        entry["subset_images"] = SUBSET
+        manifest[name] = entry
+        print(name, json.dumps(entry["metrics"]))
+    (ASSETS / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    print(f"wrote {ASSETS / 'manifest.json'}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["sam", "gdino", "export"])
+    ap.add_argument("--work", type=Path, default=Path("runs/pretrain"))
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data-seed", type=int, default=1000)
+    ap.add_argument("--stop-after", type=int, default=None,
+                    help="stop this run after N steps (resume later with the same command)")
+    args = ap.parse_args()
+    {"sam": run_sam, "gdino": run_gdino, "export": run_export}[args.what](args)
+
+
+if __name__ == "__main__":
+    main()
