@@ -119,7 +119,8 @@ def evaluate(
                                                 "weakly labelled images.")] = None,
     teacher: Annotated[str | None, typer.Option(
         help="SAM weights to score with GT-simulated prompts ('default': the shipped "
-        "synthetic foundation SAM).")] = None,
+        "synthetic foundation SAM), or a run directory: each fine-tuned teacher next to "
+        "the zero-shot SAM.")] = None,
     detector: Annotated[str | None, typer.Option(
         help="Grounding DINO weights to score by box AP50 with the whole label space as "
         "prompt ('default': the shipped tiny model; or a hub id / folder).")] = None,
@@ -161,8 +162,14 @@ def evaluate(
 
 
 def _evaluate_teacher(teacher, sam_model, gt, images, prompts, max_images, json_out) -> None:
-    from pseudolabel.stages.model_eval import evaluate_teacher
+    from pseudolabel.stages.model_eval import evaluate_run_teachers, evaluate_teacher
 
+    if Path(teacher).is_dir():
+        result = evaluate_run_teachers(teacher, gt, images, max_images)
+        for name, row in result["mIoU"].items():
+            typer.echo(f"{name:<14}" + "  ".join(f"{k} {v:.3f}" for k, v in row.items()))
+        _print_json(result, json_out)
+        return
     kinds = tuple(p.strip() for p in prompts.split(",") if p.strip())
     result = evaluate_teacher(teacher, sam_model, gt, images, kinds, max_images)
     for kind, r in result["mIoU"].items():
@@ -200,6 +207,76 @@ def _evaluate_masks(pred, pseudo, gt, area_scale, json_out) -> None:
     if len(gt_ds.report):
         typer.echo(gt_ds.report.summary())
     _print_json(result, json_out)
+
+
+@app.command("teacher-finetune")
+def teacher_finetune(
+    fraction: Annotated[float, typer.Option(help="Share of images with full masks "
+                                            "(the split weaken uses for the same seed).")],
+    seed: Annotated[int, typer.Option(help="Seed of the split and of training.")] = 0,
+    teachers: Annotated[str, typer.Option(
+        help="Comma-separated subset of box, box-cls, point-cls, boxpoint-cls.")] =
+        "box,box-cls,point-cls,boxpoint-cls",
+    class_aware: Annotated[bool, typer.Option(
+        "--class-aware/--no-class-aware",
+        help="--no-class-aware trains the ablation without the class module.")] = True,
+    steps: Annotated[int | None, typer.Option(help="Override the config's steps.")] = None,
+    sam_model: Annotated[str | None, typer.Option(help="SAM variant (default: config).")] = None,
+    sam_checkpoint: Annotated[str | None, typer.Option(
+        help="SAM weights file ('default': shipped; default: config).")] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="Run directory (default: config).")] = None,
+    stop_after: Annotated[int | None, typer.Option(
+        help="Stop each teacher after N steps; the same command resumes.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Fine-tune class-aware SAM teachers on the fully labelled images (seed 001 §3, §4.1)."""
+    from dataclasses import asdict
+
+    from pseudolabel.config import ensure_data, load_config
+    from pseudolabel.distributed import init_from_env, is_main
+    from pseudolabel.stages.teacher_finetune import finetune_teachers
+    from pseudolabel.teacher.train import FinetuneConfig
+
+    try:
+        init_from_env()
+        cfg = load_config(config)
+        data = ensure_data(cfg) if is_main() else cfg.data
+        tcfg = asdict(cfg.teacher)
+        if steps is not None:
+            tcfg["steps"] = steps
+        summary = finetune_teachers(
+            gt_path=data.train, image_root=data.images, run_dir=run_dir or cfg.run_dir,
+            fraction=fraction, seed=seed,
+            teachers=tuple(t.strip() for t in teachers.split(",") if t.strip()),
+            class_aware=class_aware, sam_model=sam_model or cfg.models.sam,
+            sam_checkpoint=sam_checkpoint or cfg.models.sam_checkpoint,
+            text_encoder=cfg.models.text_encoder, text_checkpoint=cfg.models.text_checkpoint,
+            cfg=FinetuneConfig(seed=seed, **tcfg), stop_after=stop_after)
+    except ValueError as exc:
+        _fail(str(exc))
+    if not is_main():
+        return
+    typer.echo(f"split {summary['split']['hash']}: {summary['fully_labeled']} fully labelled "
+               f"images, {summary['instances']} instances")
+    for name, r in summary["teachers"].items():
+        typer.echo(f"  {name:<14} {r['status']}" + (f"  final loss {r['final_loss']:.3f}"
+                                                   if "final_loss" in r else ""))
+
+
+@app.command("check-config")
+def check_config(config: ConfigOpt = None) -> None:
+    """List every file a config names that is missing (data, checkpoints)."""
+    from pseudolabel.config import check_paths, load_config
+
+    try:
+        problems = check_paths(load_config(config))
+    except ValueError as exc:
+        _fail(str(exc))
+    for p in problems:
+        typer.echo(p)
+    if problems:
+        raise typer.Exit(1)
+    typer.echo("all paths present")
 
 
 @app.command()

@@ -49,7 +49,7 @@ def test_cost_prints_hours():
 
 @pytest.mark.parametrize("args, message", [
     (["weaken", "--weak", "scribble", "--fraction", "0.1", "--gt", "{gt}"], "unknown weak setting"),
-    (["evaluate", "--gt", "{gt}"], "exactly one of --pred or --pseudo"),
+    (["evaluate", "--gt", "{gt}"], "exactly one of --pred, --pseudo, --teacher or --detector"),
     (["evaluate", "--pred", "{missing}", "--gt", "{gt}"], "file not found"),
     (["cost", "--weak", "none", "--fraction", "0.1", "--dataset", "voc"], "unknown dataset"),
 ])
@@ -68,3 +68,24 @@ def test_check_lists_problems_and_fails(data, tmp_path):
     result = runner.invoke(app, ["check", str(path), "--images", str(data / "images")])
     assert result.exit_code == 1
     assert "unknown category_id 999" in result.output and "bad.json" in result.output
+
+
+def test_evaluate_teacher_and_detector(data, tmp_path):
+    from pseudolabel.models.checkpoints import save_safetensors
+    from pseudolabel.models.sam import build_sam
+
+    gt = data / "annotations" / "val.json"
+    out = tmp_path / "teacher.json"
+    weights = tmp_path / "sam.safetensors"
+    save_safetensors(weights, build_sam("tiny").state_dict())
+    text = _run("evaluate", "--teacher", weights, "--gt", gt, "--images", data / "images",
+                "--prompts", "box,point", "--max-images", 2, "--json", out)
+    assert "box" in text and "mIoU" in text
+    assert set(json.loads(out.read_text())["mIoU"]) == {"box", "point"}
+    # the tiny detector with random weights: the code path, not a quality figure
+    text = _run("evaluate", "--detector", "tiny", "--gt", gt, "--images", data / "images",
+                "--max-images", 2)
+    assert "box AP50" in text
+    bad = runner.invoke(app, ["evaluate", "--teacher", str(weights), "--gt", str(gt), "--images",
+                              str(data / "images"), "--prompts", "scribble"])
+    assert bad.exit_code == 2 and "unknown prompt kinds" in bad.output

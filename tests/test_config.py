@@ -23,6 +23,7 @@ def test_real_data_config(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ("data: {train: t.json}", "needs keys \\['val', 'images'\\]"),
+    ("models: {sam: tiny, colour: red}", "bad 'models' or 'teacher' section"),
     ("- a list", "mapping"),
     ("data: [unclosed", "not valid YAML"),
 ])
@@ -33,3 +34,21 @@ def test_bad_configs(tmp_path, text, message):
         load_config(path)
     with pytest.raises(ValueError, match="config file not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_coco_config_carries_the_paper_values_and_names_missing_files():
+    from pseudolabel.config import check_paths
+
+    cfg = load_config(REPO / "configs" / "coco.yaml")
+    t = cfg.teacher
+    assert (t.steps, t.batch, t.lr, t.lr_final, t.num_points) == (36874, 32, 1e-5, 1e-6, 12544)
+    from pseudolabel.teacher.train import FinetuneConfig, lr_at
+
+    f = FinetuneConfig(**t.__dict__)
+    assert lr_at(27654, f) == 1e-5 and lr_at(27655, f) == 1e-6  # seed 001 §4.1
+    assert cfg.models.sam == "vit_h" and cfg.models.detector.startswith("IDEA-Research/")
+    problems = check_paths(cfg)
+    named = " ".join(problems)
+    for path in (cfg.data.train, cfg.data.val, cfg.data.images, cfg.models.sam_checkpoint):
+        assert str(path) in named
+    assert all(" not found: " in p for p in problems)

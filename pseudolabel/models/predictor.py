@@ -107,7 +107,11 @@ class PromptedSam:
                 raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} "
                                  f"{image.dtype}")
             x = torch.as_tensor(image, device=self.device).permute(2, 0, 1)[None].float()
-            x = self.transform.apply_image_torch(x)
+            # Not ResizeLongestSide.apply_image_torch: segment_anything 1.0 sizes its output
+            # from shape[0], shape[1] of the BCHW tensor (batch, channels), not (H, W).
+            size = self.transform.get_preprocess_shape(image.shape[0], image.shape[1],
+                                                       self.transform.target_length)
+            x = F.interpolate(x, size, mode="bilinear", align_corners=False, antialias=True)
             originals.append(tuple(image.shape[:2]))
             inputs.append(tuple(x.shape[-2:]))
             batch.append(self.sam.preprocess(x[0]))

@@ -7,8 +7,9 @@ with an image's tags. One prompt per batch rather than per image works around tr
 of its own label map instead of the sizes of all earlier ones (wrong for a batch of more than
 two images whose prompts differ; harmless when every image has the same prompt).
 ``class_labels`` index the phrases of that prompt; the transformers model computes the DETR
-losses (Hungarian matching, focal, L1, GIoU) with auxiliary decoder losses. What helps DETR-style models converge: two-stage query selection,
-auxiliary losses, linear warm-up then step decay, gradient clipping at 0.1.
+losses (Hungarian matching, focal, L1, GIoU) with auxiliary decoder losses. What helps
+DETR-style models converge: two-stage query selection, auxiliary losses, linear warm-up
+then step decay, gradient clipping at 0.1.
 """
 
 from __future__ import annotations

@@ -37,13 +37,14 @@ def load_state(path: Path, model: nn.Module, optimizer) -> tuple[int, list, floa
 
 def train(model: nn.Module, optimizer, step_fn: Callable[[int], dict], *, steps: int,
           state_path: str | Path, every: int = 100, desc: str = "train",
-          stop_after: int | None = None, progress: bool = True) -> list[dict]:
+          stop_after: int | None = None, progress: bool = True, save: bool = True) -> list[dict]:
     """Run ``step_fn(step)`` for ``step`` in ``[resumed, steps)``, checkpointing every ``every``.
 
     ``step_fn`` must derive all randomness from ``step`` so a resumed run continues exactly.
     ``stop_after`` ends this call early (after that many steps) to split training across
     runs. Returns the history (one dict of figures per step). A ``history.jsonl`` beside the
-    state file gets one line per step.
+    state file gets one line per step. ``save=False`` (every rank but the first under
+    ``torchrun``) resumes but writes nothing.
     """
     state_path = Path(state_path)
     state_path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,7 +52,7 @@ def train(model: nn.Module, optimizer, step_fn: Callable[[int], dict], *, steps:
     if state_path.is_file():
         start, history, seconds = load_state(state_path, model, optimizer)
     end = steps if stop_after is None else min(steps, start + stop_after)
-    log = open(state_path.with_name("history.jsonl"), "a")
+    log = open(state_path.with_name("history.jsonl") if save else os.devnull, "a")
     bar = tqdm(range(start, end), desc=desc, initial=start, total=steps, disable=not progress)
     t0 = time.perf_counter()
     try:
@@ -59,8 +60,9 @@ def train(model: nn.Module, optimizer, step_fn: Callable[[int], dict], *, steps:
             stats = step_fn(step)
             history.append(stats)
             log.write(json.dumps({"step": step, **stats}) + "\n")
+            log.flush()
             bar.set_postfix(loss=f"{stats['loss']:.3f}")
-            if (step + 1) % every == 0 or step + 1 == end:
+            if save and ((step + 1) % every == 0 or step + 1 == end):
                 save_state(state_path, model, optimizer, step + 1, history,
                            seconds + time.perf_counter() - t0)
     finally:

@@ -42,3 +42,40 @@ def evaluate_detector(detector: str, checkpoint: str | None, gt_path: str | Path
     result = detector_ap(build_detector(detector, checkpoint=ckpt), gt, image_root,
                          image_ids=_image_ids(gt, max_images))
     return {"detector": detector, "checkpoint": str(checkpoint), "gt": str(gt_path), **result}
+
+
+def evaluate_run_teachers(run_dir: str | Path, gt_path: str | Path, image_root: str | Path,
+                          max_images: int | None = None, seed: int = 0,
+                          progress: bool = True) -> dict:
+    """Each trained teacher of a run on its own prompt kind, next to the zero-shot SAM
+    (seed 001 Table 5's layout): ``{"zero-shot": {kind: mIoU}, "<teacher>": {kind: mIoU}}``."""
+    from pseudolabel.teacher.model import load_teacher
+
+    run_dir = Path(run_dir)
+    stems = sorted(p.with_suffix("") for p in (run_dir / "teacher").glob("*/teacher.json"))
+    if not stems:
+        raise ValueError(f"{run_dir}: no trained teacher (expected teacher/<name>/teacher.json)")
+    gt = load_coco(gt_path)
+    ids = _image_ids(gt, max_images)
+    rows = {c: r for r, c in enumerate(gt.category_ids)}
+    result: dict[str, dict] = {}
+    kinds = set()
+    base = None
+    for stem in stems:
+        teacher, meta = load_teacher(stem)
+        if meta["category_ids"] != gt.category_ids:
+            raise ValueError(f"{stem}: trained on categories {meta['category_ids']}, but "
+                             f"{gt_path} has {gt.category_ids}")
+        kinds.add(meta["prompt"])
+        base = meta
+        r = teacher_miou(teacher, gt, image_root, prompts=(meta["prompt"],), seed=seed,
+                         image_ids=ids, category_rows=rows if meta["class_aware"] else None,
+                         progress=progress)
+        result[meta["kind"]] = {k: v["mIoU"] for k, v in r.items()}
+    ckpt = base["sam_checkpoint"]
+    sam = build_sam(base["sam_model"], checkpoint=assets.resolve(ckpt, "sam") if ckpt else None,
+                    pretrained=ckpt is not None)
+    zero = teacher_miou(PromptedSam(sam), gt, image_root, prompts=tuple(sorted(kinds)),
+                        seed=seed, image_ids=ids, progress=progress)
+    result = {"zero-shot": {k: v["mIoU"] for k, v in zero.items()}, **result}
+    return {"run": str(run_dir), "gt": str(gt_path), "mIoU": result}

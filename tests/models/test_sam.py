@@ -39,6 +39,19 @@ def test_resize_longest_side_maps_points(size, point, expected):
     np.testing.assert_allclose(points[0][0, 0].numpy(), expected, atol=0.01)
 
 
+@pytest.mark.parametrize("shape, expected", [((120, 160), (120, 160)), ((427, 640), (107, 160)),
+                                             ((160, 90), (160, 90))])
+def test_images_resized_like_prompts(tiny, shape, expected):
+    # The image must land where its prompts land: resize by the longest side, pad bottom/right.
+    image = np.zeros((*shape, 3), np.uint8)
+    image[: shape[0] // 2] = 255  # top half white
+    x, originals, inputs = tiny.preprocess([image])
+    assert originals == [shape] and inputs == [expected]
+    rows = x[0, 0, :, 0]
+    bright = (rows > 0).nonzero().squeeze(1)
+    assert abs(int(bright.max()) + 1 - expected[0] / 2) <= 1
+
+
 def test_boxes_resized_like_points(tiny):
     pts, boxes = tiny.prompt_tensors((120, 160), points_xy=[[80, 60]],
                                      boxes_xyxy=[[0, 0, 160, 120]])

@@ -1,0 +1,66 @@
+"""Mask losses on sampled points (Mask2Former, Cheng et al. 2022), as seed 001 §4.1 uses them.
+
+``L_mask = 5 * BCE + 5 * dice`` computed on 112 x 112 = 12,544 points per mask instead of
+every pixel. Points come from importance sampling: draw ``oversample`` x K uniform points,
+keep the ``importance_ratio`` x K where the prediction is least certain (logit closest to 0),
+and fill the rest with uniform points.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+NUM_POINTS = 112 * 112
+OVERSAMPLE = 3.0
+IMPORTANCE_RATIO = 0.75
+WEIGHT_CE = 5.0
+WEIGHT_DICE = 5.0
+
+
+def point_sample(inputs: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """Bilinear values of ``(N, C, H, W)`` maps at ``(N, P, 2)`` (x, y) in ``[0, 1]``.
+
+    Returns ``(N, C, P)``.
+    """
+    grid = 2.0 * coords[:, :, None, :] - 1.0
+    return F.grid_sample(inputs, grid, mode="bilinear", align_corners=False)[..., 0]
+
+
+@torch.no_grad()
+def importance_points(logits: torch.Tensor, num_points: int = NUM_POINTS,
+                      oversample: float = OVERSAMPLE, importance_ratio: float = IMPORTANCE_RATIO,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """``(N, 1, H, W)`` logits -> ``(N, num_points, 2)`` sampling coordinates in ``[0, 1]``."""
+    n = logits.shape[0]
+    num_sampled = int(num_points * oversample)
+    coords = torch.rand(n, num_sampled, 2, generator=generator, device=logits.device)
+    uncertainty = -point_sample(logits, coords).abs()[:, 0]
+    num_uncertain = int(importance_ratio * num_points)
+    idx = uncertainty.topk(num_uncertain, dim=1).indices
+    chosen = torch.gather(coords, 1, idx[..., None].expand(-1, -1, 2))
+    rest = torch.rand(n, num_points - num_uncertain, 2, generator=generator,
+                      device=logits.device)
+    return torch.cat([chosen, rest], dim=1)
+
+
+def point_mask_loss(logits: torch.Tensor, targets: torch.Tensor,
+                    generator: torch.Generator | None = None,
+                    num_points: int = NUM_POINTS) -> torch.Tensor:
+    """Per-mask ``5 * BCE + 5 * dice`` on importance-sampled points.
+
+    Args:
+        logits: ``(N, M, h, w)`` mask logits (M outputs per prompt).
+        targets: ``(N, 1, H, W)`` float {0, 1} GT masks in the same frame (any resolution).
+    Returns:
+        ``(N, M)`` losses; the caller takes the min over M for ambiguous prompts.
+    """
+    n, m = logits.shape[:2]
+    flat = logits.reshape(n * m, 1, *logits.shape[2:])
+    coords = importance_points(flat, num_points, generator=generator)
+    x = point_sample(flat, coords)[:, 0]
+    t = point_sample(targets.repeat_interleave(m, dim=0), coords)[:, 0]
+    bce = F.binary_cross_entropy_with_logits(x, t, reduction="none").mean(1)
+    p = x.sigmoid()
+    dice = 1 - (2 * (p * t).sum(1) + 1) / (p.sum(1) + t.sum(1) + 1)
+    return (WEIGHT_CE * bce + WEIGHT_DICE * dice).reshape(n, m)

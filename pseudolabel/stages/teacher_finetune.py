@@ -1,0 +1,134 @@
+"""``pseudolabel teacher-finetune``: fine-tune the teachers on the fully labelled split."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from pseudolabel.data.coco import load_coco, save_json
+from pseudolabel.data.images import resolve_image_path
+from pseudolabel.models import assets
+from pseudolabel.models.sam import build_sam
+from pseudolabel.models.text import build_text_encoder
+from pseudolabel.pretrain.loop import train
+from pseudolabel.stages.weaken import file_sha256, select_fully_labeled
+from pseudolabel.teacher.cache import EmbeddingCache, file_key
+from pseudolabel.teacher.model import TEACHERS, build_teacher, save_teacher, trainable
+from pseudolabel.teacher.train import FinetuneConfig, Sample, train_step
+
+
+def ablation_name(name: str) -> str:
+    """The teacher trained without the class module: ``point-cls`` -> ``point`` (box-cls -> box)."""
+    return name.removesuffix("-cls")
+
+
+def write_split(run_dir: Path, gt_path: Path, image_ids: list[int], fraction: float,
+                seed: int) -> dict:
+    """Store the run's fully labelled images; a run directory keeps one split for good."""
+    ids = select_fully_labeled(image_ids, fraction, seed)
+    split = {"fraction": fraction, "seed": seed, "gt": str(gt_path),
+             "gt_sha256": file_sha256(gt_path), "fully_labeled": ids,
+             "hash": hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]}
+    path = run_dir / "split.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if (old["fraction"], old["seed"], old["fully_labeled"]) != (fraction, seed, ids):
+            raise ValueError(f"{path}: this run was split with fraction {old['fraction']} and "
+                             f"seed {old['seed']}; use another --run-dir for fraction "
+                             f"{fraction}, seed {seed}")
+        return old
+    save_json(path, split)
+    return split
+
+
+def encoder_key(sam_model: str, checkpoint: Path | None) -> str:
+    return f"{sam_model}-{file_sha256(checkpoint)[:16] if checkpoint else 'random'}"
+
+
+def finetune_teachers(*, gt_path: str | Path, image_root: str | Path, run_dir: str | Path,
+                      fraction: float, seed: int = 0, teachers: tuple[str, ...] = tuple(TEACHERS),
+                      class_aware: bool = True, sam_model: str = "tiny",
+                      sam_checkpoint: str | None = "default", text_encoder: str = "tiny",
+                      text_checkpoint: str | None = None, cfg: FinetuneConfig = FinetuneConfig(),
+                      stop_after: int | None = None, progress: bool = True) -> dict:
+    """Train ``teachers`` on the fully labelled images of ``gt_path``; returns what was written."""
+    gt_path, run_dir = Path(gt_path), Path(run_dir)
+    unknown = [t for t in teachers if t not in TEACHERS]
+    if unknown:
+        raise ValueError(f"unknown teachers {unknown}; expected some of {list(TEACHERS)}")
+    main = not dist.is_initialized() or dist.get_rank() == 0
+    gt = load_coco(gt_path)
+    if main:
+        write_split(run_dir, gt_path, [i["id"] for i in gt.images], fraction, seed)
+    if dist.is_initialized():
+        dist.barrier()  # the other ranks read the split rank 0 wrote
+    split = json.loads((run_dir / "split.json").read_text())
+    if not split["fully_labeled"]:
+        raise ValueError(f"fraction {fraction} leaves no fully labelled image to train on")
+    ckpt = assets.resolve(sam_checkpoint, "sam") if sam_checkpoint else None
+    base = build_sam(sam_model, checkpoint=ckpt, pretrained=ckpt is not None)
+    pe = base.prompt_encoder
+    cache = EmbeddingCache(run_dir / "cache", encoder_key(sam_model, ckpt),
+                           len(split["fully_labeled"]),
+                           (pe.embed_dim, *pe.image_embedding_size))
+    keys, samples = {}, []
+    rows = {c: r for r, c in enumerate(gt.category_ids)}
+    for image_id in split["fully_labeled"]:
+        img = gt.image_by_id[image_id]
+        path = resolve_image_path(image_root, img["file_name"])
+        keys[image_id] = (f"{image_id}-{file_key(path)}", path)
+        for ann in gt.anns_by_image[image_id]:
+            if not ann.get("iscrowd", 0) and "segmentation" in ann:
+                samples.append(Sample(keys[image_id][0], gt.rle(ann), rows[ann["category_id"]]))
+    from pseudolabel.models.predictor import PromptedSam
+
+    if main:
+        cache.fill(list(keys.values()), PromptedSam(base), progress=progress)
+    if dist.is_initialized():
+        dist.barrier()
+        cache = EmbeddingCache(run_dir / "cache", encoder_key(sam_model, ckpt), 0,
+                               (pe.embed_dim, *pe.image_embedding_size))
+    names = [gt.category_by_id[c]["name"] for c in gt.category_ids]
+    needs_text = class_aware and any(TEACHERS[t].class_aware for t in teachers)
+    text = build_text_encoder(text_encoder, checkpoint=text_checkpoint).embed(names) \
+        if needs_text else None
+    written = {}
+    for name in teachers:
+        kind = TEACHERS[name]
+        if not class_aware and kind.class_aware:
+            kind = type(kind)(ablation_name(name), kind.box, kind.point, False)
+        torch.manual_seed(cfg.seed)
+        sam = build_sam(sam_model, checkpoint=ckpt, pretrained=ckpt is not None)
+        teacher = build_teacher(sam, kind.class_aware, text)
+        module = trainable(teacher)
+        params = [p for p in module.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        out = run_dir / "teacher" / kind.name
+        history = train(module, opt,
+                        lambda s, t=teacher, k=kind, o=opt, p=params: train_step(
+                            t, k, cache, samples, o, p, s, cfg),
+                        steps=cfg.steps, state_path=out / "state.pt", every=max(1, cfg.steps // 10),
+                        desc=f"teacher {kind.name}", stop_after=stop_after,
+                        progress=progress and main, save=main)
+        if len(history) < cfg.steps:
+            written[kind.name] = {"status": f"stopped at step {len(history)}"}
+            continue
+        meta = {"kind": kind.name, "prompt": kind.prompt, "class_aware": kind.class_aware,
+                "sam_model": sam_model, "sam_checkpoint": sam_checkpoint,
+                "sam_sha256": file_sha256(ckpt) if ckpt else None,
+                "text_encoder": text_encoder if kind.class_aware else None,
+                "category_ids": gt.category_ids, "category_names": names,
+                "config": cfg.__dict__, "steps": len(history),
+                "final_loss": sum(h["loss"] for h in history[-20:]) / len(history[-20:]),
+                "split_hash": split["hash"], "fraction": fraction, "seed": seed}
+        if main:
+            save_teacher(out / "teacher", teacher, meta)
+        written[kind.name] = {"status": "done", "path": str(out / "teacher.safetensors"),
+                              "final_loss": meta["final_loss"]}
+    return {"split": {k: split[k] for k in ("fraction", "seed", "hash")},
+            "fully_labeled": len(split["fully_labeled"]), "instances": len(samples),
+            "teachers": written}

@@ -1,0 +1,102 @@
+"""Teachers: which prompts each one takes, how it is built, saved and loaded.
+
+A teacher checkpoint is ``<name>.safetensors`` (the trainable parts: prompt encoder(s), mask
+decoder, class projection and ``G_zero``, plus the class-embedding table) and
+``<name>.json`` (kind, base SAM and its sha256, label space, config, steps, losses, split).
+The frozen image encoder is not stored: it is the base SAM checkpoint's.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from segment_anything.modeling import Sam
+from torch import nn
+
+from pseudolabel.models import assets
+from pseudolabel.models.checkpoints import load_state_dict, load_weights, save_safetensors
+from pseudolabel.models.class_aware import ClassAwarePromptEncoder
+from pseudolabel.models.predictor import PromptedSam
+from pseudolabel.models.sam import build_sam
+
+
+@dataclass(frozen=True)
+class TeacherKind:
+    """Prompts a teacher is trained with (seed 001: §3.2 box-cls, §3.4 P-SAM / BP-SAM, §3.5 box)."""
+
+    name: str
+    box: bool
+    point: bool
+    class_aware: bool
+
+    @property
+    def prompt(self) -> str:
+        """The evaluation prompt kind of ``evaluation.teacher`` this teacher answers."""
+        return {(True, False): "box", (False, True): "point", (True, True): "box+point"}[
+            (self.box, self.point)]
+
+
+TEACHERS = {
+    "box": TeacherKind("box", box=True, point=False, class_aware=False),
+    "box-cls": TeacherKind("box-cls", box=True, point=False, class_aware=True),
+    "point-cls": TeacherKind("point-cls", box=False, point=True, class_aware=True),
+    "boxpoint-cls": TeacherKind("boxpoint-cls", box=True, point=True, class_aware=True),
+}
+
+
+def teacher_kind(name: str) -> TeacherKind:
+    if name not in TEACHERS:
+        raise ValueError(f"unknown teacher {name!r}; expected one of {list(TEACHERS)}")
+    return TEACHERS[name]
+
+
+def build_teacher(sam: Sam, class_aware: bool,
+                  class_embeddings: torch.Tensor | None = None) -> PromptedSam:
+    """Freeze the image encoder; add the class-aware prompt encoder when asked (§3.1, §4.1)."""
+    for p in sam.image_encoder.parameters():
+        p.requires_grad_(False)
+    if not class_aware:
+        return PromptedSam(sam)
+    if class_embeddings is None:
+        raise ValueError("a class-aware teacher needs class embeddings")
+    encoder = ClassAwarePromptEncoder(sam.prompt_encoder, class_embeddings.shape[1])
+    return PromptedSam(sam, encoder, class_embeddings)
+
+
+def trainable(teacher: PromptedSam) -> nn.ModuleDict:
+    """What fine-tuning updates and a teacher checkpoint stores."""
+    parts = {"mask_decoder": teacher.sam.mask_decoder}
+    if teacher.class_encoder is None:
+        parts["prompt_encoder"] = teacher.sam.prompt_encoder
+    else:
+        parts["class_encoder"] = teacher.class_encoder
+    return nn.ModuleDict(parts)
+
+
+def save_teacher(path_stem: Path, teacher: PromptedSam, meta: dict) -> None:
+    state = dict(trainable(teacher).state_dict())
+    if teacher.class_embeddings is not None:
+        state["class_embeddings"] = teacher.class_embeddings
+    save_safetensors(path_stem.with_suffix(".safetensors"), state)
+    path_stem.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def load_teacher(path_stem: str | Path) -> tuple[PromptedSam, dict]:
+    """Rebuild a saved teacher: base SAM from its meta, then the stored parts (strict)."""
+    path_stem = Path(path_stem)
+    meta_path = path_stem.with_suffix(".json")
+    if not meta_path.is_file():
+        raise ValueError(f"{meta_path}: teacher metadata not found")
+    meta = json.loads(meta_path.read_text())
+    state = load_state_dict(path_stem.with_suffix(".safetensors"))
+    ckpt = meta["sam_checkpoint"]
+    sam = build_sam(meta["sam_model"], checkpoint=assets.resolve(ckpt, "sam") if ckpt else None,
+                    pretrained=ckpt is not None)
+    emb = state.pop("class_embeddings", None)
+    teacher = build_teacher(sam, meta["class_aware"], emb)
+    load_weights(trainable(teacher), state, str(path_stem.with_suffix(".safetensors")))
+    teacher.sam.eval()
+    return teacher, meta
