@@ -96,6 +96,7 @@ def run_export(args) -> None:
                        f"--steps {cfg['steps']} --seed {cfg['seed']} "
                        f"--data-seed {cfg['data_seed']}",
             "config": cfg, "steps": state["step"],
+            "training_note": args.note.get(name, ""),
             "train_seconds": round(state["seconds"], 1),
             "loss_curve": [round(sum(h["loss"] for h in history[i: i + 100])
                                  / len(history[i: i + 100]), 4)
@@ -129,6 +130,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-seed", type=int, default=1000)
+    ap.add_argument("--note", type=json.loads, default={},
+                    help='export: JSON {"sam": "...", "gdino": "..."} on how each was trained')
     ap.add_argument("--stop-after", type=int, default=None,
                     help="stop this run after N steps (resume later with the same command)")
     args = ap.parse_args()
