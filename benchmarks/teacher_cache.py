@@ -40,6 +40,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--sam", default="tiny",
+                    help="tiny (the shipped weights) or vit_b (random weights: cost only)")
     args = ap.parse_args()
     cfg = load_config(None)
     data = ensure_data(cfg)
@@ -54,18 +56,21 @@ def main() -> None:
         samples += [Sample(key, gt.rle(a), rows[a["category_id"]]) for a in gt.anns_by_image[i]]
     names = [gt.category_by_id[c]["name"] for c in gt.category_ids]
     text = build_text_encoder("tiny").embed(names)
-    ckpt = assets.resolve(cfg.models.sam_checkpoint, "sam")
-    fcfg = FinetuneConfig(steps=args.steps, batch=args.batch, lr=1e-4)
+    ckpt = assets.resolve(cfg.models.sam_checkpoint, "sam") if args.sam == "tiny" else None
+    fcfg = FinetuneConfig(steps=args.steps, batch=args.batch, lr=cfg.teacher.lr,
+                          num_points=cfg.teacher.num_points)
     kind = TEACHERS["point-cls"]
     rates = {}
     for mode in ("cached", "encode every step"):
         torch.manual_seed(0)
-        teacher = build_teacher(build_sam("tiny", checkpoint=ckpt), True, text)
+        teacher = build_teacher(build_sam(args.sam, checkpoint=ckpt, pretrained=False), True,
+                                text)
         params = [p for p in trainable(teacher).parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=fcfg.lr)
         if mode == "cached":
-            source = EmbeddingCache(Path("runs/bench/teacher_cache"), "bench", len(paths),
-                                    (64, 20, 20))
+            pe = teacher.sam.prompt_encoder
+            source = EmbeddingCache(Path("runs/bench/teacher_cache") / args.sam, "bench",
+                                    len(paths), (pe.embed_dim, *pe.image_embedding_size))
             source.fill(list(paths.items()), teacher, progress=False)  # once, before timing
         else:
             source = EncodeEveryStep(teacher, paths)
@@ -75,8 +80,9 @@ def main() -> None:
             train_step(teacher, kind, source, samples, opt, params, s, fcfg)
         rates[mode] = args.steps / (time.perf_counter() - t)
     print(f"hardware: {hardware()}")
-    print(f"teacher point-cls, tiny SAM, batch {args.batch} instances from {len(paths)} "
-          f"fully labelled images, {args.steps} steps each")
+    print(f"teacher point-cls, {args.sam} SAM, {fcfg.num_points} points per mask, batch "
+          f"{args.batch} instances from {len(paths)} fully labelled images, "
+          f"{args.steps} steps each")
     for mode, r in rates.items():
         print(f"  {mode:<18} {r:6.2f} steps/s")
     print(f"cached/encode-every-step ratio: {rates['cached'] / rates['encode every step']:.2f}")

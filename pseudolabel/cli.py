@@ -263,6 +263,146 @@ def teacher_finetune(
                                                    if "final_loss" in r else ""))
 
 
+def _parse_shard(shard: str | None) -> tuple[int, int] | None:
+    if shard is None:
+        return None
+    try:
+        i, n = (int(v) for v in shard.split("/"))
+    except ValueError:
+        i, n = -1, 0
+    if not 0 <= i < n:
+        _fail(f"--shard {shard!r}: expected i/n with 0 <= i < n, e.g. 0/4")
+    return i, n
+
+
+def _generate_setup(weak, weak_file, run_dir, config, refine, zero_shot):
+    """Config, weak file, teachers and detector of one generate / merge call."""
+    from pseudolabel.config import ensure_data, load_config
+    from pseudolabel.data.coco import load_coco
+    from pseudolabel.models import assets
+    from pseudolabel.models.grounding_dino import build_detector
+    from pseudolabel.stages.generate import SETTINGS, load_run_teachers
+    from pseudolabel.stages.weaken import file_sha256
+
+    if weak not in SETTINGS:
+        _fail(f"--weak {weak!r}: expected one of {', '.join(SETTINGS)}")
+    cfg = load_config(config)
+    data = ensure_data(cfg)
+    run_dir = run_dir or cfg.run_dir
+    weak_file = weak_file or run_dir / "weak" / f"{weak}.json"
+    if not Path(weak_file).is_file():
+        _fail(f"{weak_file}: weak-label file not found (write it with pseudolabel weaken --weak "
+              f"{weak} --fraction F, or pass --weak-file)")
+    categories = load_coco(weak_file).category_ids
+    teachers = load_run_teachers(run_dir, weak, categories, refine=refine, zero_shot=zero_shot,
+                                 sam_model=cfg.models.sam,
+                                 sam_checkpoint=cfg.models.sam_checkpoint)
+    detector = detector_sha = None
+    if weak in ("none", "class") or (weak == "point+class" and refine):
+        name = cfg.models.detector
+        ckpt = assets.resolve(cfg.models.detector_checkpoint, "gdino") if name == "tiny" \
+            else None
+        detector = build_detector(name, checkpoint=ckpt)
+        detector_sha = file_sha256(ckpt) if ckpt else name
+    return data, run_dir, Path(weak_file), teachers, detector, detector_sha
+
+
+@app.command()
+def generate(
+    weak: Annotated[str, typer.Option(help=WEAK_HELP)],
+    weak_file: Annotated[Path | None, typer.Option(
+        help="Weak-label file (default: <run_dir>/weak/<weak>.json).")] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="Run directory (default: config).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Output file (default: <run_dir>/pseudo/<weak>.json).")] = None,
+    refine: Annotated[bool, typer.Option(
+        "--refine/--no-refine",
+        help="point+class: --no-refine keeps P-SAM's masks (no Grounding DINO, no "
+             "Algorithm 1).")] = True,
+    zero_shot: Annotated[bool, typer.Option(
+        "--zero-shot", help="Prompt the base SAM instead of the fine-tuned teachers.")] = False,
+    shard: Annotated[str | None, typer.Option(
+        help="i/n: do only shard i of n (a job array); merge with pseudolabel merge.")] = None,
+    part_size: Annotated[int, typer.Option(help="Images per part written to disk.")] = 16,
+    workers: Annotated[int, typer.Option(help="Image-loading threads.")] = 2,
+    config: ConfigOpt = None,
+) -> None:
+    """Write pseudo-masks for one weak setting (seed 001 §3.2-3.5); resumable.
+
+    Parts are written as they finish; re-running the same command after an interruption
+    continues where it stopped. Under torchrun every rank takes its own parts and rank 0
+    writes the file.
+    """
+    import torch.distributed as dist
+
+    from pseudolabel.distributed import init_from_env, is_main
+    from pseudolabel.stages.generate import GenerateOptions
+    from pseudolabel.stages.generate import generate as run_generate
+
+    parsed = _parse_shard(shard)
+    try:
+        multi = init_from_env()
+        if multi and parsed:
+            _fail("--shard and torchrun both split the work; use one of them")
+        data, run_dir, weak_file, teachers, detector, dsha = _generate_setup(
+            weak, weak_file, run_dir, config, refine, zero_shot)
+        opts = GenerateOptions(weak, refine=refine, zero_shot=zero_shot, part_size=part_size,
+                               workers=workers)
+        if multi:
+            part = (dist.get_rank(), dist.get_world_size())
+        else:
+            part = parsed or (0, 1)
+        summary = run_generate(weak_file, data.images, run_dir, opts, teachers, detector,
+                               detector_sha=dsha, out_path=out, shard=part,
+                               merge=parsed is None and is_main(), progress=is_main(),
+                               barrier=dist.barrier if multi else None)
+    except ValueError as exc:
+        _fail(str(exc))
+    if not is_main():
+        return
+    if "out" not in summary:
+        typer.echo(f"shard {summary['shard']} done: parts in {summary['parts_dir']}; run "
+                   f"pseudolabel merge --weak {weak} when every shard has finished")
+        return
+    typer.echo(f"{summary['pseudo_masks']} pseudo-masks ({summary['empty_dropped']} empty "
+               f"dropped), {summary['gt_masks']} GT masks")
+    typer.echo(f"consistency: {summary['point_outside_mask']} point outside its mask, "
+               f"{summary['mostly_outside_box']} more than half outside the prompt box, "
+               f"{summary['class_not_in_tags']} class not among the image tags")
+    typer.echo(f"wrote {summary['out']}")
+
+
+@app.command()
+def merge(
+    weak: Annotated[str, typer.Option(help=WEAK_HELP)],
+    weak_file: Annotated[Path | None, typer.Option(
+        help="Weak-label file (default: <run_dir>/weak/<weak>.json).")] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="Run directory (default: config).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Output file (default: <run_dir>/pseudo/<weak>.json).")] = None,
+    refine: Annotated[bool, typer.Option("--refine/--no-refine",
+                                         help="As given to generate.")] = True,
+    zero_shot: Annotated[bool, typer.Option("--zero-shot", help="As given to generate.")] = False,
+    part_size: Annotated[int, typer.Option(help="As given to generate.")] = 16,
+    config: ConfigOpt = None,
+) -> None:
+    """Merge the parts of sharded generate jobs (generate --shard i/n) into one file."""
+    from pseudolabel.stages.generate import GenerateOptions
+    from pseudolabel.stages.generate import generate as run_generate
+
+    try:
+        data, run_dir, weak_file, teachers, detector, dsha = _generate_setup(
+            weak, weak_file, run_dir, config, refine, zero_shot)
+        opts = GenerateOptions(weak, refine=refine, zero_shot=zero_shot, part_size=part_size)
+        summary = run_generate(weak_file, data.images, run_dir, opts, teachers, None,
+                               detector_sha=dsha, out_path=out, shard=(0, 1), merge=True,
+                               progress=False, only_merge=True)
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(f"{summary['pseudo_masks']} pseudo-masks, {summary['gt_masks']} GT masks")
+    typer.echo(f"wrote {summary['out']}")
+
+
 @app.command("check-config")
 def check_config(config: ConfigOpt = None) -> None:
     """List every file a config names that is missing (data, checkpoints)."""

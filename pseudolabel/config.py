@@ -48,7 +48,12 @@ class Models:
 @dataclass
 class TeacherTraining:
     """Teacher fine-tuning schedule. The synthetic default fits this CPU; COCO's values are
-    seed 001 §4.1's (36,874 steps, lr 1e-5 -> 1e-6 at step 27,655, batch 32)."""
+    seed 001 §4.1's (36,874 steps, lr 1e-5 -> 1e-6 at step 27,655, batch 32, 12,544 points).
+
+    ``num_points``: §4.1 samples 12,544 points of SAM's 256 x 256 low-res logits (19%). The
+    tiny SAM's logits are 80 x 80 = 6,400 values, fewer than 12,544, so the synthetic default
+    keeps §4.1's density instead: 35 x 35 = 1,225 points (19% of 6,400).
+    """
 
     steps: int = 300
     batch: int = 32
@@ -56,7 +61,7 @@ class TeacherTraining:
     lr_final: float = 1e-5
     drop_at: float = 0.75
     weight_decay: float = 0.01
-    num_points: int = 112 * 112
+    num_points: int = 35 * 35
 
 
 @dataclass

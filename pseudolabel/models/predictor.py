@@ -143,7 +143,11 @@ class PromptedSam:
 
     def decode_tensors(self, embedding: torch.Tensor, points, boxes, mask_logits, class_ids,
                        multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Differentiable decode of N prompts of one image -> low-res logits and IoU preds."""
+        """Differentiable decode of N prompts -> low-res logits and IoU predictions.
+
+        ``embedding`` is ``(1, C, h, w)`` (N prompts of one image) or ``(N, C, h, w)`` (one
+        embedding per prompt).
+        """
         if class_ids is not None:
             if self.class_encoder is None or self.class_embeddings is None:
                 raise ValueError("class_ids need a class-aware prompt encoder and class "
@@ -153,13 +157,40 @@ class PromptedSam:
         else:
             encoder = self.class_encoder.locked if self.class_encoder else self.sam.prompt_encoder
             sparse, dense = encoder(points=points, boxes=boxes, masks=mask_logits)
-        return self.sam.mask_decoder(
-            image_embeddings=embedding,
-            image_pe=self.sam.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask,
-        )
+        if embedding.shape[0] == 1:
+            return self.sam.mask_decoder(
+                image_embeddings=embedding,
+                image_pe=self.sam.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask,
+            )
+        return self._decode_per_prompt(embedding, sparse, dense, multimask)
+
+    def _decode_per_prompt(self, embeddings: torch.Tensor, sparse: torch.Tensor,
+                           dense: torch.Tensor, multimask: bool):
+        """SAM's mask decoder with one image embedding per prompt (prompts of many images).
+
+        ``MaskDecoder.predict_masks`` repeats a single image's embedding for every prompt;
+        here row i of ``embeddings`` already belongs to prompt i, so a training step decodes
+        the prompts of all its images in one call. Same weights, same arithmetic.
+        """
+        dec = self.sam.mask_decoder
+        if embeddings.shape[0] != sparse.shape[0]:
+            raise ValueError(f"{embeddings.shape[0]} embeddings for {sparse.shape[0]} prompts")
+        out = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
+        tokens = torch.cat([out.expand(sparse.shape[0], -1, -1), sparse], dim=1)
+        src = embeddings + dense
+        pos = self.sam.prompt_encoder.get_dense_pe().expand(src.shape[0], -1, -1, -1)
+        b, c, h, w = src.shape
+        hs, src = dec.transformer(src, pos, tokens)
+        up = dec.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+        hyper = torch.stack([mlp(hs[:, 1 + i]) for i, mlp in
+                             enumerate(dec.output_hypernetworks_mlps)], dim=1)
+        masks = (hyper @ up.flatten(2)).view(b, -1, *up.shape[-2:])
+        iou = dec.iou_prediction_head(hs[:, 0])
+        keep = slice(1, None) if multimask else slice(0, 1)
+        return masks[:, keep], iou[:, keep]
 
     @torch.no_grad()
     def decode(self, embeddings: ImageEmbeddings, *, points_xy=None, point_labels=None,

@@ -39,8 +39,10 @@ class WorldStyle:
 STYLES = {
     "target": WorldStyle("target", 0.0, ("noise", "stripes", "checker"), (0.05, 0.5),
                          (3, 8), (1, 4), 0.35),
-    "source": WorldStyle("source", 0.45, ("flat", "gradient", "noise"), (0.1, 0.6),
-                         (1, 5), (0, 2), 0.2),
+    # The source world is broader than the target (as SA-1B is broader than COCO): wider
+    # scale range, more objects, textured backgrounds of its own (waves, dots), other hues.
+    "source": WorldStyle("source", 0.45, ("flat", "gradient", "noise", "waves", "dots"),
+                         (0.04, 0.6), (1, 8), (0, 4), 0.3),
 }
 
 
@@ -86,6 +88,17 @@ def _background(h: int, w: int, style: WorldStyle, rng: np.random.Generator) -> 
         a = rng.uniform(0, 2 * np.pi)
         t = xx * np.cos(a) + yy * np.sin(a)
         t = (t - t.min()) / (np.ptp(t) + 1e-9)
+    elif kind == "waves":  # curved bands with soft edges
+        a, period = rng.uniform(0, np.pi), rng.uniform(10, 30)
+        u = xx * np.cos(a) + yy * np.sin(a)
+        v = -xx * np.sin(a) + yy * np.cos(a)
+        bend = rng.uniform(2, 8) * np.sin(v * 2 * np.pi / rng.uniform(20, 60))
+        t = 0.5 + 0.5 * np.sin((u + bend) * 2 * np.pi / period)
+    elif kind == "dots":  # scattered discs on a plain ground
+        t = np.zeros((h, w))
+        for _ in range(int(rng.integers(5, 30))):
+            r = rng.uniform(1.5, 6)
+            t[(xx - rng.uniform(0, w)) ** 2 + (yy - rng.uniform(0, h)) ** 2 <= r * r] = 1.0
     elif kind == "flat":
         t = np.zeros((h, w))
     else:

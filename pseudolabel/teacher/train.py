@@ -89,23 +89,32 @@ def train_step(teacher: PromptedSam, kind: TeacherKind, cache, samples: list[Sam
     by_image: dict[str, list[Sample]] = defaultdict(list)
     for i in chosen:
         by_image[samples[i].image_key].append(samples[i])
-    total = torch.zeros(())
+    # Prompts and targets per image (coordinates depend on its size), then one decode for
+    # the whole batch: row i of ``embs`` is the cached embedding of prompt i's image.
+    embs, points, boxes, classes, targets, low_targets = [], [], [], [], [], []
     for key, group in by_image.items():
         emb = cache.get(key)
         masks = np.stack([rle_to_mask(s.rle) for s in group])
-        boxes, points = _prompts(masks, kind, rng)
-        pt, bx = teacher.prompt_tensors(emb.original_sizes[0], points, None, boxes)
-        classes = [s.class_row for s in group] if kind.class_aware and teacher.class_encoder \
-            else None
-        multimask = kind.point and not kind.box  # a single point is ambiguous
-        logits, iou_pred = teacher.decode_tensors(emb.embeddings, pt, bx, None, classes,
-                                                  multimask)
-        losses = point_mask_loss(logits, input_frame_targets(masks, teacher), gen,
-                                 cfg.num_points)
-        mask_loss = losses.min(dim=1).values if multimask else losses[:, 0]
-        iou_loss = F.mse_loss(iou_pred, true_iou(logits.detach(), to_low_res(masks, teacher)),
-                              reduction="none").mean(1)
-        total = total + (mask_loss + iou_loss).sum()
+        b, p = _prompts(masks, kind, rng)
+        pt, bx = teacher.prompt_tensors(emb.original_sizes[0], p, None, b)
+        embs.append(emb.embeddings.expand(len(group), -1, -1, -1))
+        points.append(pt)
+        boxes.append(bx)
+        classes += [s.class_row for s in group]
+        targets.append(input_frame_targets(masks, teacher))
+        low_targets.append(to_low_res(masks, teacher))
+    pt = None if not kind.point else (torch.cat([p[0] for p in points]),
+                                      torch.cat([p[1] for p in points]))
+    bx = torch.cat(boxes) if kind.box else None
+    use_classes = classes if kind.class_aware and teacher.class_encoder else None
+    multimask = kind.point and not kind.box  # a single point is ambiguous
+    logits, iou_pred = teacher.decode_tensors(torch.cat(embs), pt, bx, None, use_classes,
+                                              multimask)
+    losses = point_mask_loss(logits, torch.cat(targets), gen, cfg.num_points)
+    mask_loss = losses.min(dim=1).values if multimask else losses[:, 0]
+    iou_loss = F.mse_loss(iou_pred, true_iou(logits.detach(), torch.cat(low_targets)),
+                          reduction="none").mean(1)
+    total = (mask_loss + iou_loss).sum()
     loss = total / len(chosen)
     if not torch.isfinite(loss):
         raise FloatingPointError(f"non-finite loss {float(loss)} at step {step}; stopping")

@@ -78,6 +78,25 @@ def test_batched_decode_equals_single_decodes(tiny):
         assert torch.equal(single.masks[0], batched.masks[i])
 
 
+def test_per_prompt_embeddings_decode_like_one_image_at_a_time(tiny):
+    """Prompts of several images in one decode call (a training step) match per-image calls."""
+    rng = np.random.default_rng(1)
+    emb = tiny.encode([rng.integers(0, 255, (64, 80, 3), dtype=np.uint8) for _ in range(2)])
+    boxes = [[4.0, 5.0, 40.0, 50.0], [10.0, 0.0, 70.0, 30.0], [0.0, 20.0, 30.0, 60.0]]
+    owner = [0, 1, 1]
+    _, bx = tiny.prompt_tensors((64, 80), boxes_xyxy=boxes)
+    rows = emb.embeddings[owner]
+    with torch.no_grad():
+        joint, joint_iou = tiny.decode_tensors(rows, None, bx, None, None, True)
+        for i, image in enumerate(owner):
+            alone, alone_iou = tiny.decode_tensors(emb.embeddings[image: image + 1], None,
+                                                   bx[i: i + 1], None, None, True)
+            torch.testing.assert_close(joint[i: i + 1], alone, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(joint_iou[i: i + 1], alone_iou, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="2 embeddings for 3 prompts"):
+        tiny.decode_tensors(rows[:2], None, bx, None, None, True)
+
+
 def test_points_masks_and_embeddings_reuse(tiny):
     rng = np.random.default_rng(2)
     images = [rng.integers(0, 255, (64, 96, 3), dtype=np.uint8),

@@ -1,0 +1,169 @@
+"""The generate stage with random-weight tiny models (mechanics, not quality)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import pseudolabel.stages.generate as gen
+from pseudolabel.data.coco import load_coco, save_json
+from pseudolabel.data.masks import rle_to_mask
+from pseudolabel.models.grounding_dino import build_detector
+from pseudolabel.stages.generate import GenerateOptions, generate, load_run_teachers
+from pseudolabel.stages.weaken import weaken
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def weak_files(synth_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("weak")
+    gt = load_coco(synth_dir / "annotations" / "train.json")
+    paths = {}
+    for setting in ("none", "class", "point+class", "box+class"):
+        data, _ = weaken(gt, setting, 0.2, seed=0)
+        paths[setting] = out / f"{setting}.json"
+        save_json(paths[setting], data)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return build_detector("tiny")
+
+
+def _teachers(setting, weak_path, refine=True):
+    cats = load_coco(weak_path).category_ids
+    return load_run_teachers(Path("unused"), setting, cats, refine=refine, zero_shot=True,
+                             sam_checkpoint=None)
+
+
+def _generate(setting, weak_files, synth_dir, run_dir, detector=None, **kw):
+    opts = GenerateOptions(setting, part_size=4, workers=1, box_threshold=0.0,
+                           **{k: kw.pop(k) for k in ("refine",) if k in kw})
+    return generate(weak_files[setting], synth_dir / "images", run_dir, opts,
+                    _teachers(setting, weak_files[setting], opts.refine), detector,
+                    detector_sha="random", progress=False, **kw)
+
+
+def test_box_class_file_keeps_gt_and_prompts_every_box(weak_files, synth_dir, tmp_path):
+    summary = _generate("box+class", weak_files, synth_dir, tmp_path)
+    out = json.loads(Path(summary["out"]).read_text())
+    weak = load_coco(weak_files["box+class"])
+    full = {i["id"] for i in weak.images if i["kind"] == "fully_labeled"}
+    gt = [a for a in out["annotations"] if a["source"] == "gt"]
+    pseudo = [a for a in out["annotations"] if a["source"] == "pseudo"]
+    assert {a["image_id"] for a in gt} <= full and len(gt) == summary["gt_masks"]
+    prompts = [a for a in weak.annotations if a["image_id"] not in full]
+    assert len(pseudo) + summary["empty_dropped"] == len(prompts)
+    assert [a["id"] for a in out["annotations"]] == list(range(1, len(out["annotations"]) + 1))
+    by_id = {a["id"]: a for a in prompts}
+    for a in pseudo:
+        m = rle_to_mask(a["segmentation"])
+        assert m.any() and a["area"] == m.sum()
+        assert a["weak"]["bbox"] == by_id[a["weak"]["id"]]["bbox"]
+        assert a["category_id"] == by_id[a["weak"]["id"]]["category_id"]
+        assert a["quality"]["teacher"] == "box" and a["quality"]["prompt"] == "box"
+        assert 0 <= a["consistency"]["outside_box"] <= 1 and a["consistency"]["class_in_tags"]
+    assert out["info"]["pseudolabel"]["setting"] == "box+class"
+
+
+def test_killed_run_resumes_to_identical_bytes(weak_files, synth_dir, tmp_path, monkeypatch):
+    whole = _generate("box+class", weak_files, synth_dir, tmp_path / "a")
+    real, calls = gen.run_part, []
+
+    def dies_on_third_part(*args, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(gen, "run_part", dies_on_third_part)
+    with pytest.raises(KeyboardInterrupt):
+        _generate("box+class", weak_files, synth_dir, tmp_path / "b")
+    monkeypatch.setattr(gen, "run_part", real)
+    parts = list(Path(whole["parts_dir"].replace(str(tmp_path / "a"), str(tmp_path / "b")))
+                 .glob("part-*.json"))
+    assert len(parts) == 2  # what was finished stays on disk
+    resumed = _generate("box+class", weak_files, synth_dir, tmp_path / "b")
+    assert resumed["generated_images"] < whole["generated_images"]
+    assert Path(resumed["out"]).read_bytes() == Path(whole["out"]).read_bytes()
+
+
+def test_shards_then_merge_equal_one_run(weak_files, synth_dir, tmp_path):
+    whole = _generate("box+class", weak_files, synth_dir, tmp_path / "a")
+    for i in range(3):
+        s = _generate("box+class", weak_files, synth_dir, tmp_path / "b", shard=(i, 3),
+                      merge=False)
+        assert "out" not in s
+    merged = _generate("box+class", weak_files, synth_dir, tmp_path / "b", only_merge=True)
+    assert Path(merged["out"]).read_bytes() == Path(whole["out"]).read_bytes()
+
+
+def test_merge_names_missing_parts(weak_files, synth_dir, tmp_path):
+    _generate("box+class", weak_files, synth_dir, tmp_path, shard=(0, 2), merge=False)
+    with pytest.raises(ValueError, match="are missing .* run the remaining shards"):
+        _generate("box+class", weak_files, synth_dir, tmp_path, only_merge=True)
+
+
+def test_point_class_refines_with_detector_boxes(weak_files, synth_dir, tmp_path, detector):
+    summary = _generate("point+class", weak_files, synth_dir, tmp_path, detector)
+    pseudo = [a for a in json.loads(Path(summary["out"]).read_text())["annotations"]
+              if a["source"] == "pseudo"]
+    assert pseudo
+    for a in pseudo:
+        assert a["quality"]["teacher"] == "boxpoint-cls" and "refined_box" in a["weak"]
+        assert isinstance(a["consistency"]["point_in_mask"], bool)
+    plain = _generate("point+class", weak_files, synth_dir, tmp_path / "plain", refine=False)
+    for a in json.loads(Path(plain["out"]).read_text())["annotations"]:
+        if a["source"] == "pseudo":
+            assert a["quality"]["teacher"] == "point-cls" and "refined_box" not in a["weak"]
+
+
+@pytest.mark.parametrize("setting", ["none", "class"])
+def test_detector_settings(setting, weak_files, synth_dir, tmp_path, detector):
+    summary = _generate(setting, weak_files, synth_dir, tmp_path, detector)
+    out = json.loads(Path(summary["out"]).read_text())
+    weak = load_coco(weak_files[setting])
+    tags = {i["id"]: i.get("tags") for i in weak.images}
+    pseudo = [a for a in out["annotations"] if a["source"] == "pseudo"]
+    assert pseudo and all("detector_box" in a["weak"] and "id" not in a["weak"] for a in pseudo)
+    if setting == "class":  # Grounding DINO was prompted with the image's tags only
+        assert all(a["category_id"] in tags[a["image_id"]] for a in pseudo)
+        assert summary["class_not_in_tags"] == 0
+
+
+def test_missing_teacher_and_wrong_weak_file(weak_files, synth_dir, tmp_path):
+    cats = load_coco(weak_files["box+class"]).category_ids
+    with pytest.raises(ValueError, match="teacher 'box' not found.*teacher-finetune"):
+        load_run_teachers(tmp_path, "box+class", cats)
+    opts = GenerateOptions("box+class")
+    with pytest.raises(ValueError, match="needs a box\\+class weak file"):
+        generate(weak_files["point+class"], synth_dir / "images", tmp_path, opts,
+                 _teachers("box+class", weak_files["box+class"]), progress=False)
+
+
+def test_two_torchrun_processes_write_the_same_file(weak_files, synth_dir, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"data: {{train: {synth_dir}/annotations/train.json, val: {synth_dir}/annotations/"
+        f"val.json, images: {synth_dir}/images}}\nrun_dir: {tmp_path / 'run'}\n"
+        "models: {sam_checkpoint: null, detector_checkpoint: null}\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = ["generate", "--weak", "box+class", "--weak-file", str(weak_files["box+class"]),
+              "--zero-shot", "--part-size", "4", "--config", str(cfg)]
+    one = subprocess.run([sys.executable, "-m", "pseudolabel", *common, "--out",
+                          str(tmp_path / "one.json")], capture_output=True, text=True, env=env,
+                         timeout=300, cwd=ROOT)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", "29534", "-m", "pseudolabel", *common,
+                          "--run-dir", str(tmp_path / "run2"), "--out",
+                          str(tmp_path / "two.json")],
+                         capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert (tmp_path / "one.json").read_bytes() == (tmp_path / "two.json").read_bytes()
+    assert two.stdout.count("wrote ") == 1
