@@ -1,9 +1,10 @@
 """Seed 001 Table 5 on the synthetic world: teacher mIoU, zero-shot vs fine-tuned, class-aware
-vs not, for point and box prompts (fully labelled fraction 10%, shipped foundation SAM).
+vs not, for point and box prompts (10% fully labelled, shipped foundation SAM).
 
-Trains the teachers it needs in ``runs/bench/teacher_table`` (resumable), then scores them
-on the validation instances with GT-simulated prompts. The "point + Grounding DINO box"
-column needs the generate stage and is left out until it exists.
+Trains the teachers it needs in ``runs/bench/synthetic-10pct`` (resumable; shared with
+``pseudo_table.py``), then scores them on the validation instances with GT-simulated prompts.
+Table 5's "point + GDino" column (point+class generate on the validation images) is left out
+until Grounding DINO weights ship (``pseudolabel/assets``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--fraction", type=float, default=0.1)
     ap.add_argument("--steps", type=int, default=None, help="default: the config's")
-    ap.add_argument("--run-dir", type=Path, default=Path("runs/bench/teacher_table"))
+    ap.add_argument("--run-dir", type=Path, default=Path("runs/bench/synthetic-10pct"))
     ap.add_argument("--max-images", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()

@@ -57,8 +57,8 @@ class TeacherTraining:
 
     steps: int = 300
     batch: int = 32
-    lr: float = 1e-4
-    lr_final: float = 1e-5
+    lr: float = 3e-5
+    lr_final: float = 3e-6
     drop_at: float = 0.75
     weight_decay: float = 0.01
     num_points: int = 35 * 35

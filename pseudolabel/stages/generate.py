@@ -29,7 +29,6 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -259,20 +258,36 @@ def _weak_images(weak: CocoDataset, setting: str) -> list[int]:
     return sorted(img["id"] for img in weak.images if img.get("kind") == setting)
 
 
-def _prefetch(paths: list[Path], workers: int) -> Iterator[np.ndarray]:
-    """Images in order, decoded ahead by a thread pool (PIL releases the GIL)."""
-    if workers <= 0:
-        yield from (load_image(p) for p in paths)
+def _check_split(run_dir: Path, weak: CocoDataset, opts: GenerateOptions) -> None:
+    """Fine-tuned teachers must have seen exactly the weak file's fully labelled images."""
+    path = run_dir / "split.json"
+    if opts.zero_shot or not path.is_file():
         return
-    with ThreadPoolExecutor(workers) as pool:
-        yield from pool.map(load_image, paths)
+    split = json.loads(path.read_text())
+    full = {img["id"] for img in weak.images if img.get("kind") == "fully_labeled"}
+    if set(split["fully_labeled"]) != full:
+        raise ValueError(f"{weak.path}: its {len(full)} fully labelled images are not the "
+                         f"{len(split['fully_labeled'])} the teachers in {run_dir} were trained "
+                         f"on (fraction {split['fraction']}, seed {split['seed']}); weaken with "
+                         "the same --fraction and --seed, or use another --run-dir")
 
 
-def run_part(part_ids: list[int], weak: CocoDataset, image_root: Path, opts: GenerateOptions,
-             teachers: Teachers, detector) -> dict:
-    """One part: its image ids, pseudo-annotations in image id order, empty masks dropped."""
+def _load_part(pool: ThreadPoolExecutor | None, weak: CocoDataset, image_root: Path,
+               part_ids: list[int]):
+    """Start loading one part's images (in ``pool``'s threads; PIL releases the GIL)."""
     paths = [resolve_image_path(image_root, weak.image_by_id[i]["file_name"]) for i in part_ids]
-    images = list(_prefetch(paths, opts.workers))
+    if pool is None:
+        return [load_image(p) for p in paths]
+    return [pool.submit(load_image, p) for p in paths]
+
+
+def run_part(part_ids: list[int], weak: CocoDataset, images: list, opts: GenerateOptions,
+             teachers: Teachers, detector) -> dict:
+    """One part: its image ids, pseudo-annotations in image id order, empty masks dropped.
+
+    ``images`` are arrays or futures of them (loaded in the background).
+    """
+    images = [im.result() if hasattr(im, "result") else im for im in images]
     embs = []
     for s in range(0, len(images), opts.encode_batch):
         e = teachers.encoder.encode(images[s: s + opts.encode_batch])
@@ -318,6 +333,7 @@ def generate(weak_path: str | Path, image_root: str | Path, run_dir: str | Path,
         raise ValueError(f"unknown setting {opts.setting!r}; expected one of {SETTINGS}")
     weak = load_coco(weak_path)
     ids = _weak_images(weak, opts.setting)
+    _check_split(run_dir, weak, opts)
     fp = _fingerprint(weak_path, opts, teachers, detector_sha)
     pdir = parts_dir(run_dir, opts.setting, fp)
     pdir.mkdir(parents=True, exist_ok=True)
@@ -330,12 +346,22 @@ def generate(weak_path: str | Path, image_root: str | Path, run_dir: str | Path,
     bar = tqdm(total=sum(len(parts[k]) for k in mine), desc=f"generate {opts.setting}",
                unit="img", disable=not progress or only_merge,
                initial=sum(len(parts[k]) for k in mine if k not in todo))
-    for k in todo:
-        part = run_part(parts[k], weak, image_root, opts, teachers, detector)
-        _write_atomic(pdir / f"part-{k:06d}.json", json.dumps(part))
-        done_images += len(parts[k])
-        bar.update(len(parts[k]))
-        bar.set_postfix(img_s=f"{done_images / (time.perf_counter() - t0):.1f}")
+    pool = ThreadPoolExecutor(opts.workers) if opts.workers > 0 else None
+    try:
+        # the next part's images load while this part is on the models
+        pending = _load_part(pool, weak, image_root, parts[todo[0]]) if todo else None
+        for n, k in enumerate(todo):
+            images = pending
+            if n + 1 < len(todo):
+                pending = _load_part(pool, weak, image_root, parts[todo[n + 1]])
+            part = run_part(parts[k], weak, images, opts, teachers, detector)
+            _write_atomic(pdir / f"part-{k:06d}.json", json.dumps(part))
+            done_images += len(parts[k])
+            bar.update(len(parts[k]))
+            bar.set_postfix(img_s=f"{done_images / (time.perf_counter() - t0):.1f}")
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     bar.close()
     summary = {"setting": opts.setting, "parts_dir": str(pdir), "parts": len(parts),
                "shard": f"{index}/{count}", "generated_images": done_images}

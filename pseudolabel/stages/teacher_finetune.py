@@ -49,6 +49,20 @@ def encoder_key(sam_model: str, checkpoint: Path | None) -> str:
     return f"{sam_model}-{file_sha256(checkpoint)[:16] if checkpoint else 'random'}"
 
 
+def _check_resume(out: Path, settings: dict, main: bool) -> None:
+    """A teacher directory resumes only the training it was started with."""
+    path = out / "settings.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != json.loads(json.dumps(settings)):
+            diff = sorted(k for k in settings if old.get(k) != json.loads(json.dumps(settings[k])))
+            raise ValueError(f"{out}: was trained with other settings ({', '.join(diff)} "
+                             "differ); use another --run-dir or delete that directory")
+    elif main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_json(path, settings)
+
+
 def finetune_teachers(*, gt_path: str | Path, image_root: str | Path, run_dir: str | Path,
                       fraction: float, seed: int = 0, teachers: tuple[str, ...] = tuple(TEACHERS),
                       class_aware: bool = True, sam_model: str = "tiny",
@@ -108,6 +122,10 @@ def finetune_teachers(*, gt_path: str | Path, image_root: str | Path, run_dir: s
         params = [p for p in module.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         out = run_dir / "teacher" / kind.name
+        _check_resume(out, {"config": cfg.__dict__, "sam_model": sam_model,
+                            "sam_sha256": file_sha256(ckpt) if ckpt else None,
+                            "text_encoder": text_encoder if kind.class_aware else None,
+                            "split_hash": split["hash"]}, main)
         history = train(module, opt,
                         lambda s, t=teacher, k=kind, o=opt, p=params: train_step(
                             t, k, cache, samples, o, p, s, cfg),

@@ -167,3 +167,13 @@ def test_two_torchrun_processes_write_the_same_file(weak_files, synth_dir, tmp_p
     assert two.returncode == 0, two.stderr[-3000:]
     assert (tmp_path / "one.json").read_bytes() == (tmp_path / "two.json").read_bytes()
     assert two.stdout.count("wrote ") == 1
+
+
+def test_weak_file_from_another_split_is_refused(weak_files, synth_dir, tmp_path):
+    (tmp_path / "split.json").write_text(json.dumps({"fully_labeled": [1, 2, 3],
+                                                     "fraction": 0.1, "seed": 5}))
+    opts = GenerateOptions("box+class")
+    teachers = _teachers("box+class", weak_files["box+class"])
+    with pytest.raises(ValueError, match="not the 3 the teachers .*fraction 0.1, seed 5"):
+        generate(weak_files["box+class"], synth_dir / "images", tmp_path, opts, teachers,
+                 progress=False)

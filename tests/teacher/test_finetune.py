@@ -97,3 +97,11 @@ def test_two_torchrun_processes_train_one_teacher(synth_dir, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "run/teacher/box-cls/teacher.safetensors").is_file()
     assert out.stdout.count("split ") == 1  # only rank 0 reports
+
+
+def test_resume_with_other_settings_is_refused(synth_dir, tmp_path):
+    _run(synth_dir, tmp_path, teachers=("box",), stop_after=1)
+    other = FinetuneConfig(steps=4, batch=6, lr=5e-4, lr_final=1e-4, num_points=256)
+    with pytest.raises(ValueError, match="trained with other settings \\(config differ\\)"):
+        _run(synth_dir, tmp_path, teachers=("box",), cfg=other)
+    _run(synth_dir, tmp_path, teachers=("box",))  # the original settings still resume
