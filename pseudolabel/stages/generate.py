@@ -190,7 +190,7 @@ def image_pseudo_masks(setting: str, teachers: Teachers, emb: ImageEmbeddings,
         empty = ~masks.reshape(len(masks), -1).any(1)
         sam_boxes[empty] = np.repeat(points[empty], 2, axis=1)  # a point-sized box
         merged = merge_prompt_boxes(detection.boxes_xyxy, detection.scores,
-                                    detection.class_scores, points,
+                                    detection.labels, points,
                                     [p.category_id for p in props], sam_boxes)
         for p, b in zip(props, merged, strict=True):
             p.box = b

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import pseudolabel.stages.generate as gen
@@ -177,3 +178,61 @@ def test_weak_file_from_another_split_is_refused(weak_files, synth_dir, tmp_path
     with pytest.raises(ValueError, match="not the 3 the teachers .*fraction 0.1, seed 5"):
         generate(weak_files["box+class"], synth_dir / "images", tmp_path, opts, teachers,
                  progress=False)
+
+
+class ScriptedDetector:
+    """Returns, for each image, the GT boxes of the train set (class and score 0.9) and one
+    confident box of a class absent from the image, recording the prompts it was given."""
+
+    def __init__(self, gt):
+        self.gt, self.calls = gt, []
+
+    def detect(self, images, category_ids, names, *, image_categories=None, box_threshold=0.3,
+               nms_iou=0.9):
+        from pseudolabel.data.instances import Instances
+        from pseudolabel.data.masks import xywh_to_xyxy
+
+        self.calls.append(image_categories)
+        out = []
+        for image in images:
+            img = next(i for i in self.gt.images
+                       if (i["height"], i["width"]) == image.shape[:2]
+                       and np.array_equal(image, self._image(i)))
+            anns = self.gt.anns_by_image[img["id"]]
+            boxes = xywh_to_xyxy([a["bbox"] for a in anns])
+            labels = np.array([a["category_id"] for a in anns])
+            absent = next(c for c in category_ids if c not in set(labels.tolist()))
+            boxes = np.concatenate([boxes, [[0, 0, image.shape[1], image.shape[0]]]])
+            labels = np.append(labels, absent)
+            out.append(Instances(image.shape[:2], boxes.astype(np.float32), labels,
+                                 scores=np.full(len(labels), 0.9, np.float32)))
+        return out
+
+    def _image(self, img):
+        from pseudolabel.data.images import load_image
+
+        return load_image(self.root / img["file_name"])
+
+
+def test_point_class_takes_matching_detector_boxes(weak_files, synth_dir, tmp_path):
+    gt = load_coco(synth_dir / "annotations" / "train.json")
+    det = ScriptedDetector(gt)
+    det.root = synth_dir / "images"
+    summary = _generate("point+class", weak_files, synth_dir, tmp_path, det)
+    pseudo = [a for a in json.loads(Path(summary["out"]).read_text())["annotations"]
+              if a["source"] == "pseudo"]
+    assert pseudo
+    # each instance's own GT box is a valid match (its class, contains its point), so the
+    # assignment gives every instance a valid detector box: a same-class GT box holding its
+    # point (overlapping same-class neighbours may swap), never the absent-class full box
+    for a in pseudo:
+        x, y = a["weak"]["point"]
+        bx, by, bw, bh = a["weak"]["refined_box"]
+        assert bx <= x <= bx + bw and by <= y <= by + bh
+        same = [g["bbox"] for g in gt.anns_by_image[a["image_id"]]
+                if g["category_id"] == a["category_id"]]
+        assert any(np.allclose(a["weak"]["refined_box"], b, atol=1e-3) for b in same)
+    weak = load_coco(weak_files["point+class"])
+    assert all(c is not None for call in det.calls for c in call)  # prompted with tags
+    assert det.calls[0][0] == weak.image_by_id[sorted(
+        i["id"] for i in weak.images if i["kind"] == "point+class")[0]]["tags"]
