@@ -94,13 +94,13 @@ def main() -> None:
     print(f"synthetic default, {args.fraction:.0%} fully labelled, teachers {cfg.teacher.steps} "
           f"steps each (training {train_s:.0f} s); pseudo-masks scored on the weakly "
           f"labelled training images")
-    print(f"{'setting':<34}{'mIoU':>7}{'mask AP':>9}{'masks':>7}{'img/s':>7}")
+    print(f"{'setting':<38}{'mIoU':>7}{'mask AP':>9}{'masks':>7}{'img/s':>7}")
     n_weak = sum(1 for i in gt.images) * (1 - args.fraction)
     for label, r in rows.items():
         if "skipped" in r:
-            print(f"{label:<34}  skipped: {r['skipped']}")
+            print(f"{label:<38}  skipped: {r['skipped']}")
         else:
-            print(f"{label:<34}{r['mIoU']:7.3f}{r['mask_AP']:9.1f}{r['pseudo_masks']:7d}"
+            print(f"{label:<38}{r['mIoU']:7.3f}{r['mask_AP']:9.1f}{r['pseudo_masks']:7d}"
                   f"{n_weak / r['seconds']:7.1f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -277,8 +277,11 @@ def _parse_shard(shard: str | None) -> tuple[int, int] | None:
 
 def _generate_setup(weak, weak_file, run_dir, config, refine, zero_shot):
     """Config, weak file, teachers and detector of one generate / merge call."""
+    import torch.distributed as dist
+
     from pseudolabel.config import ensure_data, load_config
     from pseudolabel.data.coco import load_coco
+    from pseudolabel.distributed import is_main
     from pseudolabel.models import assets
     from pseudolabel.models.grounding_dino import build_detector
     from pseudolabel.stages.generate import SETTINGS, load_run_teachers
@@ -287,7 +290,9 @@ def _generate_setup(weak, weak_file, run_dir, config, refine, zero_shot):
     if weak not in SETTINGS:
         _fail(f"--weak {weak!r}: expected one of {', '.join(SETTINGS)}")
     cfg = load_config(config)
-    data = ensure_data(cfg)
+    data = ensure_data(cfg) if is_main() else cfg.data
+    if dist.is_initialized():
+        dist.barrier()  # rank 0 may be writing the synthetic data
     run_dir = run_dir or cfg.run_dir
     weak_file = weak_file or run_dir / "weak" / f"{weak}.json"
     if not Path(weak_file).is_file():
