@@ -87,21 +87,25 @@ def main() -> None:
                            detector_sha=detector_sha, out_path=out, progress=False)
         seconds = time.perf_counter() - t
         r = evaluate_pseudo(load_coco(out), gt)
+        made = summary["generated_images"]  # 0 when every part was already on disk
         rows[label] = {"mIoU": r["mIoU"], "mask_AP": r["segm"]["AP"],
-                       "pseudo_masks": summary["pseudo_masks"], "seconds": seconds}
+                       "pseudo_masks": summary["pseudo_masks"],
+                       "images_per_s": made / seconds if made else None}
 
     print(f"hardware: {hardware()}")
     print(f"synthetic default, {args.fraction:.0%} fully labelled, teachers {cfg.teacher.steps} "
           f"steps each (training {train_s:.0f} s); pseudo-masks scored on the weakly "
           f"labelled training images")
     print(f"{'setting':<38}{'mIoU':>7}{'mask AP':>9}{'masks':>7}{'img/s':>7}")
-    n_weak = sum(1 for i in gt.images) * (1 - args.fraction)
     for label, r in rows.items():
         if "skipped" in r:
-            print(f"{label:<38}  skipped: {r['skipped']}")
+            print(f"{label:<38}  skipped: needs Grounding DINO")
         else:
-            print(f"{label:<38}{r['mIoU']:7.3f}{r['mask_AP']:9.1f}{r['pseudo_masks']:7d}"
-                  f"{n_weak / r['seconds']:7.1f}")
+            speed = f"{r['images_per_s']:7.1f}" if r["images_per_s"] else "      -"
+            print(f"{label:<38}{r['mIoU']:7.3f}{r['mask_AP']:9.1f}{r['pseudo_masks']:7d}{speed}")
+    if why_no_detector:
+        print(f"(no detector: {why_no_detector})")
+    print("img/s: '-' when the pseudo-masks were already on disk from an earlier run")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=2))
