@@ -32,7 +32,12 @@ from pseudolabel.models import assets  # noqa: E402
 from pseudolabel.models.grounding_dino import build_detector  # noqa: E402
 from pseudolabel.models.predictor import PromptedSam  # noqa: E402
 from pseudolabel.models.sam import build_sam  # noqa: E402
-from pseudolabel.stages.generate import GenerateOptions, Teachers, generate  # noqa: E402
+from pseudolabel.stages.generate import (  # noqa: E402
+    SETTING_TEACHERS,
+    GenerateOptions,
+    Teachers,
+    generate,
+)
 from pseudolabel.stages.weaken import weaken  # noqa: E402
 
 
@@ -58,8 +63,7 @@ def main() -> None:
     ckpt = assets.resolve(cfg.models.sam_checkpoint, "sam") if args.sam == "tiny" else None
     sam = PromptedSam(build_sam(args.sam, checkpoint=ckpt, pretrained=False))
     sam.sam.eval()
-    names = {"none": ("box-cls",), "class": ("box-cls",), "box+class": ("box",),
-             "point+class": ("point-cls", "boxpoint-cls")}[args.setting]
+    names = SETTING_TEACHERS[args.setting]
     teachers = Teachers({n: sam for n in names}, {n: False for n in names}, {})
     detector = None
     if args.setting != "box+class":

@@ -25,6 +25,11 @@ ConfigOpt = Annotated[
                  "(default: the embedded synthetic world)."),
 ]
 WEAK_HELP = "Weak setting: none, class, point+class or box+class."
+RunDirOpt = Annotated[Path | None, typer.Option(help="Run directory (default: config).")]
+WeakFileOpt = Annotated[Path | None, typer.Option(
+    help="Weak-label file (default: <run_dir>/weak/<weak>.json).")]
+PseudoOutOpt = Annotated[Path | None, typer.Option(
+    help="Output file (default: <run_dir>/pseudo/<weak>.json).")]
 
 
 def _fail(message: str) -> None:
@@ -224,7 +229,7 @@ def teacher_finetune(
     sam_model: Annotated[str | None, typer.Option(help="SAM variant (default: config).")] = None,
     sam_checkpoint: Annotated[str | None, typer.Option(
         help="SAM weights file ('default': shipped; default: config).")] = None,
-    run_dir: Annotated[Path | None, typer.Option(help="Run directory (default: config).")] = None,
+    run_dir: RunDirOpt = None,
     stop_after: Annotated[int | None, typer.Option(
         help="Stop each teacher after N steps; the same command resumes.")] = None,
     config: ConfigOpt = None,
@@ -315,11 +320,9 @@ def _generate_setup(weak, weak_file, run_dir, config, refine, zero_shot):
 @app.command()
 def generate(
     weak: Annotated[str, typer.Option(help=WEAK_HELP)],
-    weak_file: Annotated[Path | None, typer.Option(
-        help="Weak-label file (default: <run_dir>/weak/<weak>.json).")] = None,
-    run_dir: Annotated[Path | None, typer.Option(help="Run directory (default: config).")] = None,
-    out: Annotated[Path | None, typer.Option(
-        help="Output file (default: <run_dir>/pseudo/<weak>.json).")] = None,
+    weak_file: WeakFileOpt = None,
+    run_dir: RunDirOpt = None,
+    out: PseudoOutOpt = None,
     refine: Annotated[bool, typer.Option(
         "--refine/--no-refine",
         help="point+class: --no-refine keeps P-SAM's masks (no Grounding DINO, no "
@@ -380,11 +383,9 @@ def generate(
 @app.command()
 def merge(
     weak: Annotated[str, typer.Option(help=WEAK_HELP)],
-    weak_file: Annotated[Path | None, typer.Option(
-        help="Weak-label file (default: <run_dir>/weak/<weak>.json).")] = None,
-    run_dir: Annotated[Path | None, typer.Option(help="Run directory (default: config).")] = None,
-    out: Annotated[Path | None, typer.Option(
-        help="Output file (default: <run_dir>/pseudo/<weak>.json).")] = None,
+    weak_file: WeakFileOpt = None,
+    run_dir: RunDirOpt = None,
+    out: PseudoOutOpt = None,
     refine: Annotated[bool, typer.Option("--refine/--no-refine",
                                          help="As given to generate.")] = True,
     zero_shot: Annotated[bool, typer.Option("--zero-shot", help="As given to generate.")] = False,

@@ -48,12 +48,14 @@ class Decoded:
 
     ``masks``: ``(N, M, H, W)`` bool at the original resolution; ``iou_predictions``:
     ``(N, M)``; ``low_res_logits``: ``(N, M, 4h, 4w)`` mask logits (256x256 for official SAM),
-    usable as mask prompts.
+    usable as mask prompts; ``logits``: the mask logits at the original resolution, kept when
+    asked for (what ``masks`` thresholds).
     """
 
     masks: torch.Tensor
     iou_predictions: torch.Tensor
     low_res_logits: torch.Tensor
+    logits: torch.Tensor | None = None  # (N, M, H, W) float, with ``decode(keep_logits=True)``
 
     def best(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The mask with the highest predicted IoU per prompt: ``(N, H, W)`` and ``(N,)``."""
@@ -195,7 +197,7 @@ class PromptedSam:
     @torch.no_grad()
     def decode(self, embeddings: ImageEmbeddings, *, points_xy=None, point_labels=None,
                boxes_xyxy=None, mask_logits=None, class_ids=None,
-               multimask: bool = False) -> Decoded:
+               multimask: bool = False, keep_logits: bool = False) -> Decoded:
         """Decode N prompts of the single image in ``embeddings`` in one batched call.
 
         Args:
@@ -204,6 +206,7 @@ class PromptedSam:
             boxes_xyxy: ``(N, 4)`` boxes in original pixels.
             mask_logits: ``(N, 1, L, L)`` low-res mask logits (``L = low_res_size``).
             class_ids: ``(N,)`` rows of ``class_embeddings``.
+            keep_logits: also return the full-resolution logits (``Decoded.logits``).
         """
         if len(embeddings.original_sizes) != 1:
             raise ValueError("decode takes the embeddings of one image; index the batch first")
@@ -217,7 +220,8 @@ class PromptedSam:
             m = 3 if multimask else 1
             return Decoded(torch.zeros((0, m, h, w), dtype=torch.bool),
                            torch.zeros((0, m)),
-                           torch.zeros((0, m, self.low_res_size, self.low_res_size)))
+                           torch.zeros((0, m, self.low_res_size, self.low_res_size)),
+                           torch.zeros((0, m, h, w)) if keep_logits else None)
         chunk = n if self.device.type == "cuda" else self.decode_chunk
         image = embeddings.embeddings.to(self.device)
         parts = []
@@ -230,14 +234,13 @@ class PromptedSam:
                 None if mask_logits is None else mask_logits[sl],
                 None if class_ids is None else np.asarray(class_ids)[sl],
                 multimask)
-            masks = self.sam.postprocess_masks(low_res, input_size, original)
-            parts.append((masks > self.sam.mask_threshold, iou, low_res))
-        return Decoded(*(torch.cat(t) for t in zip(*parts, strict=True)))
+            logits = self.sam.postprocess_masks(low_res, input_size, original)
+            parts.append((logits > self.sam.mask_threshold, iou, low_res,
+                          logits if keep_logits else None))
+        masks, iou, low_res, logits = zip(*parts, strict=True)
+        return Decoded(torch.cat(masks), torch.cat(iou), torch.cat(low_res),
+                       torch.cat(logits) if keep_logits else None)
 
-    def upscale(self, low_res: torch.Tensor, embeddings: ImageEmbeddings) -> torch.Tensor:
-        """Low-res logits ``(N, M, L, L)`` -> logits at the original image resolution."""
-        return self.sam.postprocess_masks(low_res, embeddings.input_sizes[0],
-                                          embeddings.original_sizes[0])
 
 
 def _num_prompts(points, boxes, mask_logits, class_ids) -> int:

@@ -130,15 +130,13 @@ def _decode(teachers: Teachers, name: str, emb: ImageEmbeddings, props: list[Pro
     multimask = points is not None and boxes is None  # one point is ambiguous
     out = model.decode(emb, boxes_xyxy=boxes,
                        points_xy=None if points is None else pixel_centre_to_sam(points),
-                       class_ids=classes, multimask=multimask)
+                       class_ids=classes, multimask=multimask, keep_logits=True)
     iou = out.iou_predictions
     best = iou.argmax(dim=1)
     rows = torch.arange(len(best))
-    logits = model.upscale(out.low_res_logits[rows, best][:, None], emb)[:, 0]
-    masks = (logits > model.sam.mask_threshold).numpy()
-    stability = calculate_stability_score(logits, model.sam.mask_threshold,
+    stability = calculate_stability_score(out.logits[rows, best], model.sam.mask_threshold,
                                           STABILITY_OFFSET).numpy()
-    return masks, iou[rows, best].numpy(), stability
+    return out.masks[rows, best].numpy(), iou[rows, best].numpy(), stability
 
 
 def _consistency(mask: np.ndarray, prop: Proposal, tags: list[int] | None) -> dict:
