@@ -12,11 +12,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from torchvision.ops import nms
 from transformers import (
     BertConfig,
@@ -201,6 +203,45 @@ class GroundingDino:
 
 
 # -- builders --------------------------------------------------------------------------------
+class CalibratedContrastiveEmbedding(nn.Module):
+    """Query-token similarity scaled by ``1/sqrt(d)`` plus a learnt bias at the focal prior.
+
+    transformers' ``GroundingDinoContrastiveEmbedding`` returns the raw dot product. With a
+    randomly initialised model its logits are O(10), the first focal loss is ~1,300 and the
+    tiny model collapses within a few dozen steps. The original Grounding DINO code and
+    MMDetection's port offer the same two options used here (``log_scale="auto"``,
+    ``bias=True``): the bias starts at ``-log((1 - 0.01) / 0.01)`` so every token starts at
+    probability 0.01, as in focal-loss detectors. Only the tiny preset uses this class;
+    official checkpoints keep transformers' head.
+    """
+
+    def __init__(self, max_text_len: int, d_model: int, prior_prob: float = 0.01) -> None:
+        super().__init__()
+        self.max_text_len = max_text_len
+        self.scale = 1.0 / math.sqrt(d_model)
+        self.bias = nn.Parameter(torch.tensor([-math.log((1 - prior_prob) / prior_prob)]))
+
+    def forward(self, vision_hidden_state: torch.Tensor, text_hidden_state: torch.Tensor,
+                text_token_mask: torch.Tensor) -> torch.Tensor:
+        logits = vision_hidden_state @ text_hidden_state.transpose(-1, -2) * self.scale + self.bias
+        logits = logits.masked_fill(~text_token_mask[:, None, :], float("-inf"))
+        out = logits.new_full((*logits.shape[:-1], self.max_text_len), float("-inf"))
+        out[..., : logits.shape[-1]] = logits  # padded to max_text_len as transformers does
+        return out
+
+
+def calibrate_contrastive_heads(model: GroundingDinoForObjectDetection) -> None:
+    """Swap every contrastive class head (decoder layers, two-stage encoder output) in place."""
+    cfg = model.config
+
+    def make():
+        return CalibratedContrastiveEmbedding(cfg.max_text_len, cfg.d_model)
+
+    model.class_embed = nn.ModuleList([make() for _ in model.class_embed])
+    if getattr(model.model, "encoder_output_class_embed", None) is not None:
+        model.model.encoder_output_class_embed = make()
+
+
 # transformers' Grounding DINO separates phrases with BERT's ids for [CLS], [SEP], "." and "?".
 BERT_SPECIAL_IDS = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103,
                     ".": 1012, "?": 1029}
@@ -254,6 +295,7 @@ def build_grounding_dino_tiny(*, checkpoint: str | Path | None = None,
     tokenizer = tiny_tokenizer(tuple(words) or tuple(c.name for c in CLASSES))
     torch.manual_seed(0)
     model = GroundingDinoForObjectDetection(tiny_config(len(tokenizer)))
+    calibrate_contrastive_heads(model)
     if checkpoint is not None:
         load_weights(model, load_state_dict(checkpoint), str(checkpoint))
     processor = GroundingDinoImageProcessor(size={"shortest_edge": 160, "longest_edge": 160})
