@@ -409,6 +409,79 @@ def merge(
     typer.echo(f"wrote {summary['out']}")
 
 
+@app.command()
+def noise(
+    level: Annotated[str | None, typer.Option(
+        help="COCO-N level (seed 003 Table 7): easy, medium or hard.")] = None,
+    spec: Annotated[str | None, typer.Option(
+        help="Custom mix instead of --level, e.g. 'class=0.3,scale=0.25:5,"
+        "localization=0.25:3,approximation=0.25:10' (probability:kernel / sigma / "
+        "tolerance in pixels; class_asym=P flips within the supercategory).")] = None,
+    wan: Annotated[str | None, typer.Option(
+        help="COCO-WAN level instead (seed 003 §3.4): easy (SAM on the GT box), medium "
+        "(SAM on the box centre), hard (medium + 40% class noise).")] = None,
+    gt: Annotated[Path | None, typer.Option(help="Clean COCO instances file (default: the "
+                                            "config's training annotations).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output file (default: "
+                                             "<run_dir>/noise/<level>.json).")] = None,
+    seed: Annotated[int, typer.Option(help="Same seed, byte-identical file.")] = 0,
+    workers: Annotated[int, typer.Option(help="Processes for COCO-N (same file as one).")] = 1,
+    independent: Annotated[bool, typer.Option(
+        "--independent", help="Draw each instance's noise independently (eq. 1-2 literally) "
+        "instead of exact counts; realised rates then scatter around the level's.")] = False,
+    evaluate: Annotated[bool, typer.Option(
+        "--eval/--no-eval", help="Score the noisy labels against the clean ones (mask AP, "
+        "boundary AP).")] = True,
+    images: Annotated[Path | None, typer.Option(help="Image root for --wan (default: the "
+                                                "config's).")] = None,
+    sam_model: Annotated[str, typer.Option(help="SAM variant for --wan: tiny, vit_b, vit_l, "
+                                           "vit_h.")] = "tiny",
+    sam_checkpoint: Annotated[str, typer.Option(
+        help="SAM weights for --wan ('default': the shipped tiny SAM, or the official "
+        "file of the variant).")] = "default",
+    json_out: Annotated[Path | None, typer.Option("--json",
+                                                  help="Write the summary as JSON.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Noisy copies of a COCO file: COCO-N class + spatial noise, or COCO-WAN SAM masks."""
+    from pseudolabel.config import ensure_data, load_config
+    from pseudolabel.stages.noise import noise_file, resolve_spec, wan_file
+
+    try:
+        cfg = load_config(config)
+        data = ensure_data(cfg) if gt is None or (wan and images is None) else None
+        gt = gt if gt is not None else data.train
+        if wan is not None:
+            if level is not None or spec is not None:
+                raise ValueError("--wan replaces --level/--spec; give one of them")
+            out = out if out is not None else cfg.run_dir / "noise" / f"wan-{wan}.json"
+            summary = wan_file(gt, images if images is not None else data.images, out, wan,
+                               sam_model=sam_model, checkpoint=sam_checkpoint, seed=seed,
+                               evaluate=evaluate)
+        else:
+            name, noise_spec = resolve_spec(level, spec)
+            out = out if out is not None else cfg.run_dir / "noise" / f"{name}.json"
+            summary = noise_file(gt, out, noise_spec, name=name, seed=seed,
+                                 independent=independent, workers=workers, evaluate=evaluate)
+    except ValueError as exc:
+        _fail(str(exc))
+    n = summary["instances"]
+    typer.echo(f"{n} instances: class noise {summary['class_flipped']} "
+               f"({summary['class_rate']:.3f})")
+    for kind, row in summary.get("spatial", {}).items():
+        typer.echo(f"  {kind:<14} {row['count']:>7} ({row['rate']:.3f}, level {row['expected']})")
+    if "spatial_rate" in summary:
+        typer.echo(f"  spatial total  {summary['spatial_rate']:.3f}")
+    typer.echo(f"kept clean (the noisy mask would have been empty): {summary['kept_clean']}; "
+               f"crowd regions untouched: {summary['crowd_untouched']}")
+    if "vs_clean" in summary:
+        v = summary["vs_clean"]
+        typer.echo(f"noisy vs clean: mask AP {v['mask_AP']:.1f}, boundary AP "
+                   f"{v['boundary_AP']:.1f}")
+    _print_json(summary, json_out)
+    typer.echo(f"wrote {summary['out']}")
+
+
 @app.command("check-config")
 def check_config(config: ConfigOpt = None) -> None:
     """List every file a config names that is missing (data, checkpoints)."""
