@@ -30,6 +30,9 @@ WeakFileOpt = Annotated[Path | None, typer.Option(
     help="Weak-label file (default: <run_dir>/weak/<weak>.json).")]
 PseudoOutOpt = Annotated[Path | None, typer.Option(
     help="Output file (default: <run_dir>/pseudo/<weak>.json).")]
+SamRefinerOpt = Annotated[bool, typer.Option(
+    "--samrefiner", help="Refine every pseudo-mask with SAMRefiner (seed 002: point, "
+    "elastic box and Gaussian mask prompts mined from it).")]
 
 
 def _fail(message: str) -> None:
@@ -329,6 +332,7 @@ def generate(
              "Algorithm 1).")] = True,
     zero_shot: Annotated[bool, typer.Option(
         "--zero-shot", help="Prompt the base SAM instead of the fine-tuned teachers.")] = False,
+    samrefiner: SamRefinerOpt = False,
     shard: Annotated[str | None, typer.Option(
         help="i/n: do only shard i of n (a job array); merge with pseudolabel merge.")] = None,
     part_size: Annotated[int, typer.Option(help="Images per part written to disk.")] = 16,
@@ -354,8 +358,8 @@ def generate(
             _fail("--shard and torchrun both split the work; use one of them")
         data, run_dir, weak_file, teachers, detector, dsha = _generate_setup(
             weak, weak_file, run_dir, config, refine, zero_shot)
-        opts = GenerateOptions(weak, refine=refine, zero_shot=zero_shot, part_size=part_size,
-                               workers=workers)
+        opts = GenerateOptions(weak, refine=refine, zero_shot=zero_shot,
+                               samrefiner=samrefiner, part_size=part_size, workers=workers)
         if multi:
             part = (dist.get_rank(), dist.get_world_size())
         else:
@@ -389,6 +393,8 @@ def merge(
     refine: Annotated[bool, typer.Option("--refine/--no-refine",
                                          help="As given to generate.")] = True,
     zero_shot: Annotated[bool, typer.Option("--zero-shot", help="As given to generate.")] = False,
+    samrefiner: Annotated[bool, typer.Option("--samrefiner", help="As given to generate.")
+                          ] = False,
     part_size: Annotated[int, typer.Option(help="As given to generate.")] = 16,
     config: ConfigOpt = None,
 ) -> None:
@@ -399,7 +405,8 @@ def merge(
     try:
         data, run_dir, weak_file, teachers, detector, dsha = _generate_setup(
             weak, weak_file, run_dir, config, refine, zero_shot)
-        opts = GenerateOptions(weak, refine=refine, zero_shot=zero_shot, part_size=part_size)
+        opts = GenerateOptions(weak, refine=refine, zero_shot=zero_shot,
+                               samrefiner=samrefiner, part_size=part_size)
         summary = run_generate(weak_file, data.images, run_dir, opts, teachers, None,
                                detector_sha=dsha, out_path=out, shard=(0, 1), merge=True,
                                progress=False, only_merge=True)
@@ -479,6 +486,101 @@ def noise(
         typer.echo(f"noisy vs clean: mask AP {v['mask_AP']:.1f}, boundary AP "
                    f"{v['boundary_AP']:.1f}")
     _print_json(summary, json_out)
+    typer.echo(f"wrote {summary['out']}")
+
+
+SamModelOpt = Annotated[str, typer.Option(help="SAM variant: tiny, vit_b, vit_l, vit_h.")]
+SamCkptOpt = Annotated[str, typer.Option(
+    help="SAM weights ('default': the shipped tiny SAM, or the official file of the "
+    "variant).")]
+
+
+@app.command()
+def refine(
+    coarse: Annotated[Path | None, typer.Option(help="Coarse COCO instance masks.")] = None,
+    semantic: Annotated[Path | None, typer.Option(
+        help="Instead of --coarse: a folder of coarse semantic label maps (one PNG per "
+        "image, named like the image).")] = None,
+    images: Annotated[Path | None, typer.Option(help="Image root (default: the config's).")
+                      ] = None,
+    out: Annotated[Path | None, typer.Option(help="Output COCO file, or folder for "
+                                             "--semantic.")] = None,
+    iters: Annotated[int, typer.Option(help="Refinement rounds; each uses the previous "
+                                       "round's masks as the coarse masks.")] = 1,
+    prompts: Annotated[str, typer.Option(help="Prompts mined from each coarse mask, "
+                                         "comma-separated: point, box, mask.")
+                       ] = "point,box,mask",
+    cebox: Annotated[bool, typer.Option("--cebox/--no-cebox", help="Grow the box prompt "
+                                        "with the context-aware elastic box (or use the "
+                                        "tight box).")] = True,
+    adapter: Annotated[Path | None, typer.Option(help="IoU adapter from refine-adapt "
+                                                 "(SAMRefiner++).")] = None,
+    background: Annotated[int, typer.Option(help="--semantic: background value.")] = 0,
+    ignore: Annotated[int, typer.Option(help="--semantic: ignore value (kept as is).")] = 255,
+    min_area: Annotated[int, typer.Option(help="--semantic: drop regions smaller than this "
+                                          "(px) before merging.")] = 10,
+    sam_model: SamModelOpt = "tiny",
+    sam_checkpoint: SamCkptOpt = "default",
+    config: ConfigOpt = None,
+) -> None:
+    """Refine coarse masks with SAM (SAMRefiner, seed 002): prompts mined from each mask."""
+    from pseudolabel.config import ensure_data, load_config
+    from pseudolabel.stages.refine import load_refiner, refine_coco, refine_semantic
+
+    if (coarse is None) == (semantic is None):
+        _fail("give exactly one of --coarse (COCO) or --semantic (folder of label maps)")
+    kinds = tuple(p.strip() for p in prompts.split(",") if p.strip())
+    try:
+        cfg = load_config(config)
+        images = images if images is not None else ensure_data(cfg).images
+        sam = load_refiner(sam_model, sam_checkpoint, adapter)
+        if semantic is not None:
+            out = out if out is not None else cfg.run_dir / "refined" / semantic.name
+            summary = refine_semantic(semantic, images, out, sam, prompts=kinds, iters=iters,
+                                      cebox=cebox, background=background, ignore=ignore,
+                                      min_area=min_area)
+            typer.echo(f"{summary.get('images', 0)} label maps, {summary.get('regions', 0)} "
+                       f"regions refined; {summary.get('skipped_existing', 0)} already done")
+        else:
+            out = out if out is not None else cfg.run_dir / "refined" / coarse.name
+            summary = refine_coco(coarse, images, out, sam, prompts=kinds, iters=iters,
+                                  cebox=cebox, manifest={"sam_model": sam_model,
+                                                         "sam_checkpoint": sam_checkpoint,
+                                                         "adapter": str(adapter) if adapter
+                                                         else None})
+            typer.echo(f"{summary.get('refined', 0)} masks refined on {summary['images']} "
+                       f"images ({summary.get('box_expanded', 0)} boxes grown by CEBox) in "
+                       f"{summary['seconds']:.1f} s")
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote {summary['out']}")
+
+
+@app.command("refine-adapt")
+def refine_adapt(
+    coarse: Annotated[Path, typer.Option(help="Coarse COCO instance masks to adapt on.")],
+    out: Annotated[Path, typer.Option(help="Adapter file to write (.safetensors).")],
+    images: Annotated[Path | None, typer.Option(help="Image root (default: the config's).")
+                      ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the prompt draws.")] = 0,
+    max_images: Annotated[int | None, typer.Option(help="Use only the first N images.")
+                          ] = None,
+    sam_model: SamModelOpt = "tiny",
+    sam_checkpoint: SamCkptOpt = "default",
+    config: ConfigOpt = None,
+) -> None:
+    """Train SAMRefiner++'s IoU adapter (seed 002 §3.3) on coarse masks, no annotation."""
+    from pseudolabel.config import ensure_data, load_config
+    from pseudolabel.stages.refine import adapt_iou, load_refiner
+
+    try:
+        images = images if images is not None else ensure_data(load_config(config)).images
+        summary = adapt_iou(coarse, images, out, load_refiner(sam_model, sam_checkpoint),
+                            seed=seed, max_images=max_images)
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(f"{summary['masks']} masks, {summary['steps']} steps, mean ranking loss "
+               f"{summary['mean_loss']:.4f}")
     typer.echo(f"wrote {summary['out']}")
 
 

@@ -266,3 +266,36 @@ def save_json(path: str | Path, data) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f, separators=(",", ":"))
     os.replace(tmp, path)
+
+
+class CocoStreamWriter:
+    """Streams a COCO file: header (``info``, other top-level keys, images, categories of
+    ``gt``), then annotations one by one; ``close`` finishes it and moves it into place,
+    ``abort`` removes the partial file. Memory does not grow with the annotations."""
+
+    def __init__(self, out: Path, gt: CocoDataset, info: dict) -> None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self.out = out
+        self.tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+        self.f = open(self.tmp, "w")
+        self.f.write('{"info": ' + json.dumps(info))
+        for key, value in gt.extra.items():
+            if key != "info":
+                self.f.write(f", {json.dumps(key)}: " + json.dumps(value))
+        self.f.write(', "images": ' + json.dumps(gt.images))
+        self.f.write(', "categories": ' + json.dumps(gt.categories))
+        self.f.write(', "annotations": [')
+        self.first = True
+
+    def write(self, ann: dict) -> None:
+        self.f.write(("" if self.first else ", ") + json.dumps(ann))
+        self.first = False
+
+    def close(self) -> None:
+        self.f.write("]}\n")
+        self.f.close()
+        os.replace(self.tmp, self.out)
+
+    def abort(self) -> None:
+        self.f.close()
+        self.tmp.unlink(missing_ok=True)

@@ -43,6 +43,7 @@ from pseudolabel.data.images import load_image, resolve_image_path
 from pseudolabel.data.masks import mask_to_rle, masks_to_boxes_xyxy, xywh_to_xyxy, xyxy_to_xywh
 from pseudolabel.models.predictor import ImageEmbeddings, PromptedSam, pixel_centre_to_sam
 from pseudolabel.refine import merge_prompt_boxes
+from pseudolabel.samrefiner import refine_masks
 from pseudolabel.stages.weaken import file_sha256
 
 SETTINGS = ("none", "class", "point+class", "box+class")
@@ -158,9 +159,14 @@ def _consistency(mask: np.ndarray, prop: Proposal, tags: list[int] | None) -> di
 
 def image_pseudo_masks(setting: str, teachers: Teachers, emb: ImageEmbeddings,
                        weak_anns: list[dict], tags: list[int] | None, detection,
-                       refine: bool = True) -> tuple[list[dict], int]:
+                       refine: bool = True, samrefiner: bool = False) -> tuple[list[dict], int]:
     """Pseudo-annotations (no ids) of one weakly labelled image, and how many prompts gave an
-    empty mask (dropped)."""
+    empty mask (dropped).
+
+    ``samrefiner`` refines the final masks with SAMRefiner (seed 002: point + elastic box +
+    Gaussian mask prompts mined from each mask, decoded in one batch from the same image
+    embedding, without class prompts); the quality record keeps its predicted IoU.
+    """
     if setting in ("none", "class"):
         props = [Proposal(int(c), {"detector_box": [round(float(v), 4) for v in
                                                     xyxy_to_xywh(b[None])[0]],
@@ -195,8 +201,12 @@ def image_pseudo_masks(setting: str, teachers: Teachers, emb: ImageEmbeddings,
             p.weak["refined_box"] = [round(float(v), 4) for v in xyxy_to_xywh(b[None])[0]]
         name, prompt = "boxpoint-cls", "box+point"
         masks, iou, stability = _decode(teachers, name, emb, props, merged, points)
+    refined_iou = [None] * len(props)
+    if samrefiner:
+        r = refine_masks(teachers.encoder, emb, masks)
+        masks, refined_iou = r.masks, [round(float(v), 6) for v in r.scores]
     out, empty = [], 0
-    for p, m, q, s in zip(props, masks, iou, stability, strict=True):
+    for p, m, q, s, rq in zip(props, masks, iou, stability, refined_iou, strict=True):
         if not m.any():
             empty += 1
             continue
@@ -208,7 +218,8 @@ def image_pseudo_masks(setting: str, teachers: Teachers, emb: ImageEmbeddings,
                      float(ys.max() + 1 - ys.min())],
             "area": float(m.sum()), "iscrowd": 0, "score": round(float(q), 6),
             "quality": {"predicted_iou": round(float(q), 6), "stability": round(float(s), 6),
-                        "prompt": prompt, "teacher": name},
+                        "prompt": prompt, "teacher": name,
+                        **({"samrefiner_iou": rq} if samrefiner else {})},
             "weak": p.weak, "source": "pseudo",
             "consistency": _consistency(m, p, tags),
         })
@@ -221,6 +232,7 @@ class GenerateOptions:
     setting: str
     refine: bool = True
     zero_shot: bool = False
+    samrefiner: bool = False
     part_size: int = 16
     workers: int = 2
     encode_batch: int = 8
@@ -232,6 +244,7 @@ def _fingerprint(weak_path: Path, opts: GenerateOptions, teachers: Teachers,
                  detector_sha: str | None) -> str:
     blob = json.dumps({"weak": file_sha256(weak_path), "setting": opts.setting,
                        "refine": opts.refine, "zero_shot": opts.zero_shot,
+                       **({"samrefiner": True} if opts.samrefiner else {}),
                        "part_size": opts.part_size, "box_threshold": opts.box_threshold,
                        "nms_iou": opts.nms_iou, "teachers": teachers.describe,
                        "detector": detector_sha}, sort_keys=True)
@@ -309,7 +322,7 @@ def run_part(part_ids: list[int], weak: CocoDataset, images: list, opts: Generat
             anns = [a for a in weak.anns_by_image[image_id] if not a.get("iscrowd", 0)]
             made, n_empty = image_pseudo_masks(opts.setting, teachers, embs[i], anns,
                                                tags[i] if opts.setting != "none" else None,
-                                               detections[i], opts.refine)
+                                               detections[i], opts.refine, opts.samrefiner)
             out += [{"image_id": image_id, **a} for a in made]
             empty += n_empty
     return {"images": part_ids, "annotations": out, "empty_dropped": empty}
@@ -369,7 +382,8 @@ def generate(weak_path: str | Path, image_root: str | Path, run_dir: str | Path,
         out_path = Path(out_path) if out_path else run_dir / "pseudo" / f"{opts.setting}.json"
         manifest = {"setting": opts.setting, "weak_file": str(weak_path),
                     "weak_sha256": file_sha256(weak_path), "refine": opts.refine,
-                    "zero_shot": opts.zero_shot, "teachers": teachers.describe,
+                    "zero_shot": opts.zero_shot, "samrefiner": opts.samrefiner,
+                    "teachers": teachers.describe,
                     "detector_sha256": detector_sha,
                     "thresholds": {"box": opts.box_threshold, "nms_iou": opts.nms_iou,
                                    "algorithm1": {"alpha": 5.0, "beta": 2.0, "tau_c": 0.1}},

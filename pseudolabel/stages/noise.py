@@ -7,8 +7,6 @@ and the instance's position, so ``--workers N`` gives the same file as one worke
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
@@ -18,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pseudolabel.data.coco import CocoDataset, load_coco
+from pseudolabel.data.coco import CocoDataset, CocoStreamWriter, load_coco
 from pseudolabel.data.masks import (
     mask_to_rle,
     rle_area,
@@ -135,37 +133,6 @@ def _non_crowd(gt: CocoDataset) -> int:
     return sum(1 for a in gt.annotations if not a.get("iscrowd", 0))
 
 
-class _Writer:
-    """Streams a COCO file: header, then annotations one by one, then the closing brackets."""
-
-    def __init__(self, out: Path, gt: CocoDataset, info: dict) -> None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        self.out = out
-        self.tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-        self.f = open(self.tmp, "w")
-        self.f.write('{"info": ' + json.dumps(info))
-        for key, value in gt.extra.items():
-            if key != "info":
-                self.f.write(f", {json.dumps(key)}: " + json.dumps(value))
-        self.f.write(', "images": ' + json.dumps(gt.images))
-        self.f.write(', "categories": ' + json.dumps(gt.categories))
-        self.f.write(', "annotations": [')
-        self.first = True
-
-    def write(self, ann: dict) -> None:
-        self.f.write(("" if self.first else ", ") + json.dumps(ann))
-        self.first = False
-
-    def close(self) -> None:
-        self.f.write("]}\n")
-        self.f.close()
-        os.replace(self.tmp, self.out)
-
-    def abort(self) -> None:
-        self.f.close()
-        self.tmp.unlink(missing_ok=True)
-
-
 def resolve_spec(level: str | None, spec: str | None) -> tuple[str, NoiseSpec]:
     """``(name, spec)`` from ``--level`` or ``--spec`` (exactly one)."""
     from pseudolabel.noise import parse_spec
@@ -197,7 +164,7 @@ def noise_file(gt_path: str | Path, out: str | Path, spec: NoiseSpec, *, name: s
                 "reference": "seed 003 (COCO-N), Table 7"}
     info = {**gt.info, "pseudolabel_noise": manifest}
     counts: Counter = Counter()
-    writer = _Writer(Path(out), gt, info)
+    writer = CocoStreamWriter(Path(out), gt, info)
     bar = tqdm(total=len(gt.annotations), desc=f"noise {name}", unit="inst",
                disable=not progress)
     pool = None
@@ -286,7 +253,7 @@ def wan_file(gt_path: str | Path, image_root: str | Path, out: str | Path, level
     manifest = {"gt": str(gt_path), "wan": level, "prompt": prompt, "sam_model": sam_model,
                 "checkpoint": str(checkpoint), "class_noise": spec.class_p, "seed": seed,
                 "reference": "seed 003 §3.4 (COCO-WAN)"}
-    writer = _Writer(Path(out), gt, {**gt.info, "pseudolabel_noise": manifest})
+    writer = CocoStreamWriter(Path(out), gt, {**gt.info, "pseudolabel_noise": manifest})
     counts: Counter = Counter()
     index = 0
     bar = tqdm(total=len(gt.images), desc=f"COCO-WAN {level}", unit="img",

@@ -44,7 +44,7 @@ def _teachers(setting, weak_path, refine=True):
 
 def _generate(setting, weak_files, synth_dir, run_dir, detector=None, **kw):
     opts = GenerateOptions(setting, part_size=4, workers=1, box_threshold=0.0,
-                           **{k: kw.pop(k) for k in ("refine",) if k in kw})
+                           **{k: kw.pop(k) for k in ("refine", "samrefiner") if k in kw})
     return generate(weak_files[setting], synth_dir / "images", run_dir, opts,
                     _teachers(setting, weak_files[setting], opts.refine), detector,
                     detector_sha="random", progress=False, **kw)
@@ -70,6 +70,21 @@ def test_box_class_file_keeps_gt_and_prompts_every_box(weak_files, synth_dir, tm
         assert a["quality"]["teacher"] == "box" and a["quality"]["prompt"] == "box"
         assert 0 <= a["consistency"]["outside_box"] <= 1 and a["consistency"]["class_in_tags"]
     assert out["info"]["pseudolabel"]["setting"] == "box+class"
+
+
+def test_samrefiner_refines_the_pseudo_masks(weak_files, synth_dir, tmp_path):
+    plain = json.loads(Path(_generate("box+class", weak_files, synth_dir, tmp_path / "a")
+                            ["out"]).read_text())
+    summary = _generate("box+class", weak_files, synth_dir, tmp_path / "b", samrefiner=True)
+    refined = json.loads(Path(summary["out"]).read_text())
+    assert refined["info"]["pseudolabel"]["samrefiner"] is True
+    pa = {a["weak"]["id"]: a for a in plain["annotations"] if a["source"] == "pseudo"}
+    pb = {a["weak"]["id"]: a for a in refined["annotations"] if a["source"] == "pseudo"}
+    assert set(pb) <= set(pa) and pb
+    assert all("samrefiner_iou" in a["quality"] for a in pb.values())
+    assert any(pa[k]["segmentation"] != pb[k]["segmentation"] for k in pb)
+    # a different option, a different parts directory: nothing of the plain run is reused
+    assert len(list((tmp_path / "b" / "pseudo" / ".parts").iterdir())) == 1
 
 
 def test_killed_run_resumes_to_identical_bytes(weak_files, synth_dir, tmp_path, monkeypatch):

@@ -1,0 +1,125 @@
+"""``pseudolabel refine`` / ``refine-adapt`` with the shipped tiny SAM (seed 002)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from pseudolabel.cli import app
+from pseudolabel.data.coco import load_coco
+from pseudolabel.data.images import load_image, resolve_image_path
+from pseudolabel.data.masks import rle_area, rle_to_mask, rle_to_xywh
+from pseudolabel.samrefiner import refine_masks
+from pseudolabel.stages.refine import adapt_iou, load_refiner, refine_coco, refine_semantic
+
+
+@pytest.fixture(scope="module")
+def sam():
+    return load_refiner()
+
+
+def _image_masks(synth_dir, k=0):
+    gt = load_coco(synth_dir / "annotations" / "val.json")
+    img = [i for i in gt.images if gt.anns_by_image[i["id"]]][k]
+    pixels = load_image(resolve_image_path(synth_dir / "images", img["file_name"]))
+    masks = np.stack([rle_to_mask(gt.rle(a)) for a in gt.anns_by_image[img["id"]]])
+    return pixels, masks
+
+
+def test_batched_refinement_equals_one_mask_at_a_time(sam, synth_dir):
+    pixels, masks = _image_masks(synth_dir)
+    emb = sam.encode([pixels])
+    together = refine_masks(sam, emb, masks)
+    for i in range(len(masks)):
+        alone = refine_masks(sam, emb, masks[i:i + 1])
+        assert (alone.masks[0] == together.masks[i]).mean() > 0.999
+        assert alone.scores[0] == pytest.approx(together.scores[i], abs=1e-4)
+        assert list(alone.boxes[0]) == list(together.boxes[i])
+
+
+def test_empty_masks_stay_empty_and_iterations_run(sam, synth_dir):
+    pixels, masks = _image_masks(synth_dir)
+    coarse = np.concatenate([masks, np.zeros_like(masks[:1])])
+    out = refine_masks(sam, sam.encode([pixels]), coarse, iters=2,
+                       prompts=("point", "mask"))
+    assert out.masks.shape == coarse.shape
+    assert not out.masks[-1].any() and out.scores[-1] == 0
+    assert out.masks[:-1].reshape(len(masks), -1).any(1).all()
+    with pytest.raises(ValueError, match="choose from"):
+        refine_masks(sam, sam.encode([pixels]), masks, prompts=("scribble",))
+
+
+def test_refine_coco_writes_each_mask_refined(sam, synth_dir, tmp_path):
+    coarse = synth_dir / "annotations" / "val.json"
+    out = tmp_path / "refined.json"
+    s = refine_coco(coarse, synth_dir / "images", out, sam, prompts=("box",), cebox=False,
+                    progress=False)
+    gt = json.loads(coarse.read_text())
+    data = json.loads(out.read_text())
+    assert s["refined"] == len(data["annotations"]) == len(gt["annotations"])
+    assert [a["id"] for a in data["annotations"]] == [a["id"] for a in gt["annotations"]]
+    assert data["info"]["pseudolabel_refine"]["prompts"] == ["box"]
+    for a in data["annotations"]:
+        assert a["bbox"] == rle_to_xywh(a["segmentation"])
+        assert a["area"] == rle_area(a["segmentation"])
+        assert set(a["refine"]) == {"predicted_iou", "box", "box_expanded"}
+        assert a["refine"]["box_expanded"] is False
+
+
+def test_refine_semantic_resumes_and_keeps_ignore(sam, synth_dir, tmp_path):
+    gt = load_coco(synth_dir / "annotations" / "val.json")
+    coarse_dir = tmp_path / "coarse"
+    coarse_dir.mkdir()
+    made = []
+    for img in gt.images[:3]:
+        labels = np.zeros((img["height"], img["width"]), np.uint8)
+        for a in gt.anns_by_image[img["id"]]:
+            labels[rle_to_mask(gt.rle(a))] = a["category_id"]
+        labels[:2, :2] = 255
+        stem = img["file_name"].rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        Image.fromarray(labels).save(coarse_dir / f"{stem}.png")
+        made.append((stem, labels))
+    image_dir = synth_dir / "images" / "val"
+    s = refine_semantic(coarse_dir, image_dir, tmp_path / "out", sam, progress=False)
+    assert s["images"] == 3 and s["regions"] > 0
+    for stem, labels in made:
+        out = np.asarray(Image.open(tmp_path / "out" / f"{stem}.png"))
+        assert out.shape == labels.shape
+        assert set(np.unique(out)) <= set(np.unique(labels)) | {0}
+        assert (out[:2, :2] == 255).all()
+    again = refine_semantic(coarse_dir, image_dir, tmp_path / "out", sam, progress=False)
+    assert again["skipped_existing"] == 3 and "images" not in again
+
+
+def test_adapter_changes_the_ranking_not_the_masks(synth_dir, tmp_path):
+    coarse = synth_dir / "annotations" / "val.json"
+    plain = load_refiner()
+    s = adapt_iou(coarse, synth_dir / "images", tmp_path / "a.safetensors", load_refiner(),
+                  max_images=4, batch=2, lr=0.5, progress=False)
+    assert s["steps"] >= 2 and s["masks"] > 0
+    adapted = load_refiner(adapter=tmp_path / "a.safetensors")
+    pixels, masks = _image_masks(synth_dir)
+    xy = np.array([[10.0, 10.0], [30.0, 20.0]])
+    with torch.no_grad():
+        a = plain.decode(plain.encode([pixels]), points_xy=xy, multimask=True)
+        b = adapted.decode(adapted.encode([pixels]), points_xy=xy, multimask=True)
+    assert torch.equal(a.masks, b.masks)
+    assert not torch.allclose(a.iou_predictions, b.iou_predictions)
+
+
+def test_cli_refine_errors(synth_dir, tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(app, ["refine", "--images", str(synth_dir / "images")])
+    assert r.exit_code == 2 and "exactly one of --coarse" in r.output
+    r = runner.invoke(app, ["refine", "--coarse", str(synth_dir / "annotations/val.json"),
+                            "--images", str(synth_dir / "images"), "--prompts", "scribble",
+                            "--out", str(tmp_path / "o.json")])
+    assert r.exit_code == 2 and "choose from point,box,mask" in r.output
+    r = runner.invoke(app, ["refine", "--semantic", str(tmp_path), "--images",
+                            str(synth_dir / "images"), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "no .png label maps" in r.output
