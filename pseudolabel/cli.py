@@ -584,6 +584,72 @@ def refine_adapt(
     typer.echo(f"wrote {summary['out']}")
 
 
+@app.command("train-student")
+def train_student(
+    weak: Annotated[str | None, typer.Option(
+        help=WEAK_HELP + " Trains on <run_dir>/pseudo/<weak>.json.")] = None,
+    full: Annotated[bool, typer.Option(
+        "--full", help="Train on every GT mask instead (the 100% row of seed 001 Table 2).")
+                    ] = False,
+    student: Annotated[str, typer.Option(help="Student model: mask2former.")] = "mask2former",
+    pseudo: Annotated[Path | None, typer.Option(help="Pseudo-label file (default: "
+                                                "<run_dir>/pseudo/<weak>.json).")] = None,
+    run_dir: RunDirOpt = None,
+    steps: Annotated[int | None, typer.Option(help="Optimiser steps (default: the config's)."
+                                              )] = None,
+    evaluate: Annotated[bool, typer.Option("--eval/--no-eval",
+                                           help="Evaluate on the validation set.")] = True,
+    config: ConfigOpt = None,
+) -> None:
+    """Train a student on GT + pseudo-masks and evaluate it (seed 001 §4.1); resumable.
+
+    Re-running the same command after an interruption continues from the last checkpoint.
+    """
+    from dataclasses import replace
+
+    from pseudolabel.config import ensure_data, load_config
+    from pseudolabel.stages.train_student import StudentConfig, evaluate_student
+    from pseudolabel.stages.train_student import train_student as run_train
+
+    if student != "mask2former":
+        _fail(f"unknown student {student!r}; available: mask2former")
+    if full == (weak is not None):
+        _fail("give exactly one of --weak W or --full")
+    try:
+        cfg = load_config(config)
+        data = ensure_data(cfg)
+        run_dir = run_dir if run_dir is not None else cfg.run_dir
+        try:
+            scfg = StudentConfig(**(cfg.raw.get("student") or {}))
+        except TypeError as exc:
+            raise ValueError(f"bad 'student' section in the config ({exc})") from None
+        if steps is not None:
+            scfg = replace(scfg, steps=steps)
+        if full:
+            train_file, name = data.train, "full"
+        else:
+            train_file = pseudo if pseudo is not None else run_dir / "pseudo" / f"{weak}.json"
+            name = weak.replace("+", "_")
+            if not Path(train_file).is_file():
+                raise ValueError(f"{train_file}: pseudo-labels not found; run pseudolabel "
+                                 f"generate --weak {weak} first")
+        out_dir = run_dir / "student" / f"{name}-{student}"
+        summary = run_train(train_file, data.images, out_dir, scfg)
+        typer.echo(f"trained {summary['steps']} steps in {summary['seconds']:.0f} s "
+                   f"(final loss {summary['final_loss']:.3f}); checkpoint in {out_dir}")
+        if evaluate:
+            full_metrics = run_dir / "student" / f"full-{student}" / "metrics.json"
+            m = evaluate_student(out_dir, data.val, data.images,
+                                 full_metrics=None if full else full_metrics)
+            typer.echo(_format_ap("mask", m["segm"]))
+            typer.echo(_format_ap("boundary", m["boundary"]))
+            if m.get("AP_percent_of_full") is not None:
+                typer.echo(f"{m['AP_percent_of_full']:.1f}% of the fully supervised student")
+            typer.echo(f"wrote {out_dir / 'metrics.json'}")
+    except ValueError as exc:
+        _fail(str(exc))
+
+
 @app.command("check-config")
 def check_config(config: ConfigOpt = None) -> None:
     """List every file a config names that is missing (data, checkpoints)."""

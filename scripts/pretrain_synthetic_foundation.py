@@ -78,9 +78,13 @@ def run_export(args) -> None:
     val_root = _val(args.work)
     gt = load_coco(val_root / "annotations" / "val.json")
     ASSETS.mkdir(parents=True, exist_ok=True)
-    manifest = {"machine": f"{platform.processor() or platform.machine()}, "
-                           f"{torch.get_num_threads()} threads, no GPU",
-                "eval": "target synthetic val (pseudolabel synth defaults, seed 0), zero-shot"}
+    # Models not re-exported keep their entries (their weights are left as they are).
+    manifest = json.loads((ASSETS / "manifest.json").read_text()) \
+        if (ASSETS / "manifest.json").is_file() else {}
+    manifest.update({"machine": f"{platform.processor() or platform.machine()}, "
+                                f"{torch.get_num_threads()} threads, no GPU",
+                     "eval": "target synthetic val (pseudolabel synth defaults, seed 0), "
+                             "zero-shot"})
     for name, file in (("sam", "sam_tiny.safetensors"), ("gdino", "gdino_tiny.safetensors")):
         state_file = args.work / name / "state.pt"
         if not state_file.is_file():
