@@ -597,6 +597,9 @@ def train_student(
     run_dir: RunDirOpt = None,
     steps: Annotated[int | None, typer.Option(help="Optimiser steps (default: the config's)."
                                               )] = None,
+    quality_weighted: Annotated[bool, typer.Option(
+        "--quality-weighted", help="Scale each pseudo-mask's loss by its score (seed 000 "
+        "eq. 1).")] = False,
     evaluate: Annotated[bool, typer.Option("--eval/--no-eval",
                                            help="Evaluate on the validation set.")] = True,
     config: ConfigOpt = None,
@@ -633,8 +636,10 @@ def train_student(
             if not Path(train_file).is_file():
                 raise ValueError(f"{train_file}: pseudo-labels not found; run pseudolabel "
                                  f"generate --weak {weak} first")
-        out_dir = run_dir / "student" / f"{name}-{student}"
-        summary = run_train(train_file, data.images, out_dir, scfg)
+        out_dir = run_dir / "student" / (f"{name}-{student}"
+                                         + ("-quality" if quality_weighted else ""))
+        summary = run_train(train_file, data.images, out_dir, scfg,
+                            quality_weighted=quality_weighted)
         typer.echo(f"trained {summary['steps']} steps in {summary['seconds']:.0f} s "
                    f"(final loss {summary['final_loss']:.3f}); checkpoint in {out_dir}")
         if evaluate:

@@ -27,7 +27,11 @@ from pseudolabel.data.masks import masks_to_rles
 from pseudolabel.evaluation.coco_eval import evaluate_masks
 from pseudolabel.pretrain.loop import load_state, train
 from pseudolabel.students.data import InstanceData, large_scale_jitter, resize_for_inference
-from pseudolabel.students.mask2former import build_mask2former, instance_inference
+from pseudolabel.students.mask2former import (
+    build_mask2former,
+    instance_inference,
+    use_quality_weights,
+)
 
 
 @dataclass(frozen=True)
@@ -76,18 +80,21 @@ def _optimizer(model, cfg: StudentConfig) -> torch.optim.Optimizer:
 def train_student(train_path: str | Path, image_root: str | Path, out_dir: str | Path,
                   cfg: StudentConfig = StudentConfig(), *, quality_weighted: bool = False,
                   progress: bool = True, stop_after: int | None = None) -> dict:
-    """Train (or resume) a Mask2Former on ``train_path``; checkpoint in ``out_dir``."""
-    if quality_weighted:
-        raise ValueError("--quality-weighted is not implemented for Mask2Former yet")
+    """Train (or resume) a Mask2Former on ``train_path``; checkpoint in ``out_dir``.
+
+    ``quality_weighted`` scales each mask's loss by its annotation's ``score`` (the teacher's
+    predicted IoU of a pseudo-mask; GT masks, which have none, weigh 1).
+    """
     out_dir = Path(out_dir)
-    data = InstanceData(train_path, image_root)
+    data = InstanceData(train_path, image_root, weight_key="score" if quality_weighted else None)
     model = build_mask2former(cfg.preset, len(data.coco.category_ids),
                               num_queries=cfg.num_queries, decoder_layers=cfg.decoder_layers,
                               num_points=cfg.num_points)
+    criterion = use_quality_weights(model) if quality_weighted else None
     model.train()
     opt = _optimizer(model, cfg)
     settings = {"config": asdict(cfg), "train": str(train_path),
-                "categories": data.coco.category_ids}
+                "categories": data.coco.category_ids, "quality_weighted": quality_weighted}
     settings_path = out_dir / "settings.json"
     if settings_path.is_file() and json.loads(settings_path.read_text()) != settings:
         raise ValueError(f"{out_dir}: holds a student trained with other settings; use "
@@ -100,6 +107,8 @@ def train_student(train_path: str | Path, image_root: str | Path, out_dir: str |
         # run draws what an uninterrupted one would
         torch.manual_seed(cfg.seed * 1_000_003 + step)
         samples = _batch(data, step, cfg)
+        if criterion is not None:  # seed 000 eq. 1: each mask's loss times its score
+            criterion.instance_weights = [smp.weights for smp in samples]
         factor = (1 - step / cfg.steps) ** cfg.poly_power
         for g in opt.param_groups:
             g["lr"] = cfg.lr * factor * g["lr_factor"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, ResNetConfig
+from transformers.models.mask2former.modeling_mask2former import Mask2FormerLoss, sample_point
 from transformers.utils import logging as hf_logging
 
 PRESETS = ("tiny", "r50")
@@ -100,3 +101,44 @@ def instance_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor,
     binary = m > 0
     mask_score = (m.sigmoid() * binary).flatten(1).sum(1) / binary.flatten(1).sum(1).clamp_min(1)
     return binary, scores * mask_score, labels
+
+
+class QualityWeightedLoss(Mask2FormerLoss):
+    """Mask2Former's loss with each target mask's BCE and dice scaled by its weight
+    (seed 000 eq. 1: ``L_mask = 1/N sum_i w_i L_pixel(m_i^s, m_i^t)``; ``w_i`` is the
+    pseudo-mask's quality score, 1 for GT). The class loss and the matching are unchanged.
+
+    Set ``instance_weights`` (one ``(N_b,)`` tensor per image, in ``mask_labels`` order)
+    before each forward pass.
+    """
+
+    instance_weights: list[torch.Tensor] | None = None
+
+    def loss_masks(self, masks_queries_logits, mask_labels, indices, num_masks):
+        if self.instance_weights is None:
+            return super().loss_masks(masks_queries_logits, mask_labels, indices, num_masks)
+        src_idx = self._get_predictions_permutation_indices(indices)
+        tgt_idx = self._get_targets_permutation_indices(indices)
+        pred = masks_queries_logits[src_idx][:, None]
+        targets, _ = self._pad_images_to_max_in_batch(mask_labels)
+        target = targets[tgt_idx][:, None]
+        n_max = targets.shape[1]
+        weights = torch.stack([F.pad(w.float(), (0, n_max - len(w)))
+                               for w in self.instance_weights])[tgt_idx]
+        with torch.no_grad():
+            coords = self.sample_points_using_uncertainty(
+                pred, self.calculate_uncertainty, self.num_points, self.oversample_ratio,
+                self.importance_sample_ratio)
+            labels = sample_point(target, coords, align_corners=False).squeeze(1)
+        logits = sample_point(pred, coords, align_corners=False).squeeze(1)
+        bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(1)
+        probs = logits.sigmoid()
+        dice = 1 - (2 * (probs * labels).sum(-1) + 1) / (probs.sum(-1) + labels.sum(-1) + 1)
+        return {"loss_mask": (weights * bce).sum() / num_masks,
+                "loss_dice": (weights * dice).sum() / num_masks}
+
+
+def use_quality_weights(model: Mask2FormerForUniversalSegmentation) -> QualityWeightedLoss:
+    """Swap the model's criterion for ``QualityWeightedLoss`` (same config and weights)."""
+    model.criterion = QualityWeightedLoss(config=model.config, weight_dict=model.weight_dict)
+    return model.criterion

@@ -112,3 +112,60 @@ def test_cli_train_student(synth_dir, tmp_path):
     assert r.exit_code == 0, r.output
     assert "trained 2 steps" in r.output and "mask" in r.output
     assert (tmp_path / "run" / "student" / "full-mask2former" / "metrics.json").is_file()
+
+
+def test_quality_weights_scale_each_mask_loss():
+    from pseudolabel.students.mask2former import build_mask2former, use_quality_weights
+
+    model = build_mask2former("tiny", 3, num_queries=6, decoder_layers=2, num_points=64)
+    x = torch.randn(2, 3, 64, 64)
+    masks = [torch.zeros(2, 64, 64), torch.zeros(1, 64, 64)]
+    masks[0][0, 5:20, 5:20] = 1
+    masks[0][1, 30:60, 10:40] = 1
+    masks[1][0, 10:50, 10:50] = 1
+    labels = [torch.tensor([0, 2]), torch.tensor([1])]
+
+    model.eval()
+    with torch.no_grad():
+        out = model(pixel_values=x)
+
+    def losses(weights):
+        torch.manual_seed(0)  # the same sampled points every time
+        if weights is not None:
+            crit.instance_weights = [torch.tensor(w) for w in weights]
+        d = model.criterion(masks_queries_logits=out.masks_queries_logits,
+                            class_queries_logits=out.class_queries_logits,
+                            mask_labels=masks, class_labels=labels)
+        return {k: float(v) for k, v in d.items()}
+
+    crit = None
+    plain = losses(None)
+    crit = use_quality_weights(model)
+    crit.instance_weights = None
+    assert losses(None) == pytest.approx(plain)
+    ones = losses([[1.0, 1.0], [1.0]])
+    assert ones == pytest.approx(plain, rel=1e-5)
+    zero = losses([[0.0, 0.0], [0.0]])
+    assert zero["loss_mask"] == 0 and zero["loss_dice"] == 0
+    assert zero["loss_cross_entropy"] == pytest.approx(plain["loss_cross_entropy"])
+    half = losses([[0.5, 0.5], [0.5]])
+    assert half["loss_mask"] == pytest.approx(plain["loss_mask"] / 2, rel=1e-5)
+
+
+def test_quality_weighted_training_reads_scores(synth_dir, tmp_path):
+    from dataclasses import replace
+
+    data = json.loads((synth_dir / "annotations" / "train.json").read_text())
+    for i, a in enumerate(data["annotations"]):
+        if i % 2:
+            a["score"] = 0.25  # a pseudo-mask's predicted IoU; the others are GT (weight 1)
+    path = tmp_path / "pseudo.json"
+    path.write_text(json.dumps(data))
+    cfg = replace(TINY, steps=2)
+    s = train_student(path, synth_dir / "images", tmp_path / "q", cfg, quality_weighted=True,
+                      progress=False)
+    assert s["steps"] == 2 and np.isfinite(s["final_loss"])
+    settings = json.loads((tmp_path / "q" / "settings.json").read_text())
+    assert settings["quality_weighted"] is True
+    with pytest.raises(ValueError, match="other settings"):  # not resumed unweighted
+        train_student(path, synth_dir / "images", tmp_path / "q", cfg, progress=False)
