@@ -37,4 +37,8 @@ $PL generate --weak box+class --run-dir "$BENCH" --out "$RUN/pseudo/box+class.js
 $PL evaluate --pseudo "$RUN/pseudo/box+class.json" --gt "$DATA/annotations/train.json" \
   --json "$RUN/eval/pseudo_box+class.json"
 
+echo; echo "== noise: a COCO-N medium copy of the val labels, scored against the clean ones (seed 003)"
+$PL noise --level medium --gt "$DATA/annotations/val.json" --out "$RUN/noise/val-medium.json" \
+  --json "$RUN/noise/val-medium-summary.json"
+
 echo; echo "demo outputs are in $RUN"
