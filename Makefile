@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo clean
+.PHONY: install test lint demo synthetic-table2 coco-10pct coco-1pct clean
 
 install: $(STAMP)
 
@@ -23,6 +23,21 @@ lint: $(STAMP)
 
 demo: $(STAMP)
 	bash scripts/demo.sh
+
+# Seed 001 Table 2 on the synthetic world: 0%, 1%, 10% masks x four weak settings + 100%.
+# Long (a teacher set, four generate runs and five students per fraction); every stage resumes.
+synthetic-table2: $(STAMP)
+	FULL_RUN=runs/table2/full bash scripts/pipeline.sh configs/synthetic.yaml 0 runs/table2/0pct
+	FULL_RUN=runs/table2/full bash scripts/pipeline.sh configs/synthetic.yaml 0.01 runs/table2/1pct
+	FULL_RUN=runs/table2/full bash scripts/pipeline.sh configs/synthetic.yaml 0.1 runs/table2/10pct
+	$(BIN)/python scripts/table2.py runs/table2 --out runs/table2/table2
+
+# COCO with the official checkpoints (configs/coco.yaml); checks every file first.
+coco-10pct: $(STAMP)
+	bash scripts/pipeline.sh configs/coco.yaml 0.1 runs/coco-10pct
+
+coco-1pct: $(STAMP)
+	FULL_RUN=runs/coco-10pct bash scripts/pipeline.sh configs/coco.yaml 0.01 runs/coco-1pct
 
 clean:
 	rm -rf $(VENV) runs

@@ -1,0 +1,88 @@
+"""Collect seed 001 Table 2 from pipeline runs: one run directory per mask fraction.
+
+    python scripts/table2.py runs/table2 --out runs/table2/table2
+
+reads ``<root>/<N>pct/`` (written by ``scripts/pipeline.sh``): each setting's pseudo-mask
+quality (``eval/pseudo_<W>.json``) and student metrics (``student/*/metrics.json``), and
+writes ``table2.md`` and ``table2.json``: per fraction and weak setting, pseudo-mask mIoU,
+student mask AP and boundary AP, AP as a percentage of the fully supervised student, and the
+labelling hours of the setting at COCO's per-image costs (seed 001 Table 1) for this many
+training images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+from pseudolabel.data.coco import load_coco
+from pseudolabel.stages.cost import labelling_cost
+
+SETTINGS = ("none", "class", "point+class", "box+class")
+
+
+def _read(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def collect(root: Path) -> dict:
+    rows, full = [], None
+    for run in sorted(root.glob("*pct"), key=lambda p: float(re.sub(r"pct$", "", p.name))):
+        fraction = float(run.name[:-3]) / 100
+        full = full or _read(run / "student" / "full-mask2former" / "metrics.json")
+        for weak in SETTINGS:
+            student = _read(run / "student" / f"{weak.replace('+', '_')}-mask2former"
+                            / "metrics.json")
+            pseudo = _read(run / "eval" / f"pseudo_{weak}.json")
+            if student is None and pseudo is None:
+                continue
+            n_images = len(load_coco(student["train"]).images) if student else None
+            rows.append({
+                "fraction": fraction, "weak": weak,
+                "pseudo_mIoU": pseudo["mIoU"] if pseudo else None,
+                "AP": student["segm"]["AP"] if student else None,
+                "boundary_AP": student["boundary"]["AP"] if student else None,
+                "percent_of_full": student.get("AP_percent_of_full") if student else None,
+                "hours": labelling_cost("coco", weak, fraction, n_images)["hours"]
+                if n_images else None,
+            })
+    return {"rows": rows, "full": full}
+
+
+def markdown(table: dict) -> str:
+    def f(v, fmt):
+        return "–" if v is None else format(v, fmt)
+
+    lines = ["| masks | weak labels | pseudo-mask mIoU | mask AP | boundary AP | % of full "
+             "| labelling hours |", "|---|---|---|---|---|---|---|"]
+    for r in table["rows"]:
+        lines.append(f"| {r['fraction']:.0%} | {r['weak']} | {f(r['pseudo_mIoU'], '.3f')} | "
+                     f"{f(r['AP'], '.1f')} | {f(r['boundary_AP'], '.1f')} | "
+                     f"{f(r['percent_of_full'], '.1f')} | {f(r['hours'], ',.1f')} |")
+    if table["full"]:
+        lines.append(f"| 100% | masks | – | {table['full']['segm']['AP']:.1f} | "
+                     f"{table['full']['boundary']['AP']:.1f} | 100 | – |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("root", type=Path)
+    ap.add_argument("--out", type=Path, default=None, help="prefix for .md and .json")
+    args = ap.parse_args()
+    table = collect(args.root)
+    if not table["rows"]:
+        raise SystemExit(f"{args.root}: no <N>pct run directories with results")
+    text = markdown(table)
+    print(text, end="")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".md").write_text(text)
+        args.out.with_suffix(".json").write_text(json.dumps(table, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
