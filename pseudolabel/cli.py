@@ -591,7 +591,8 @@ def train_student(
     full: Annotated[bool, typer.Option(
         "--full", help="Train on every GT mask instead (the 100% row of seed 001 Table 2).")
                     ] = False,
-    student: Annotated[str, typer.Option(help="Student model: mask2former.")] = "mask2former",
+    student: Annotated[str, typer.Option(help="Student model: mask2former or condinst.")
+                       ] = "mask2former",
     pseudo: Annotated[Path | None, typer.Option(help="Pseudo-label file (default: "
                                                 "<run_dir>/pseudo/<weak>.json).")] = None,
     run_dir: RunDirOpt = None,
@@ -614,8 +615,8 @@ def train_student(
     from pseudolabel.stages.train_student import StudentConfig, evaluate_student
     from pseudolabel.stages.train_student import train_student as run_train
 
-    if student != "mask2former":
-        _fail(f"unknown student {student!r}; available: mask2former")
+    if student not in ("mask2former", "condinst"):
+        _fail(f"unknown student {student!r}; available: mask2former, condinst")
     if full == (weak is not None):
         _fail("give exactly one of --weak W or --full")
     try:
@@ -626,6 +627,7 @@ def train_student(
             scfg = StudentConfig(**(cfg.raw.get("student") or {}))
         except TypeError as exc:
             raise ValueError(f"bad 'student' section in the config ({exc})") from None
+        scfg = replace(scfg, arch=student)
         if steps is not None:
             scfg = replace(scfg, steps=steps)
         if full:

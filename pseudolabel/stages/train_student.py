@@ -1,4 +1,6 @@
-"""``pseudolabel train-student``: a Mask2Former student on GT + pseudo-masks (seed 001 §4.1).
+"""``pseudolabel train-student``: a student on GT + pseudo-masks (seed 001 §4.1).
+
+Mask2Former (seed 001's student) or CondInst (seed 000's), both trained by the same loop.
 
 The student trains on a run's ``pseudo/<W>.json`` (GT masks on the fully labelled images,
 pseudo-masks elsewhere) or, with ``--full``, on every GT mask (Table 2's 100% row), then is
@@ -7,7 +9,8 @@ checkpoints every ``save_every`` steps; re-running the command continues), stops
 non-finite loss, and derives every random draw from the step number.
 
 Optimiser as in Mask2Former: AdamW, lr 1e-4, weight decay 0.05, backbone lr x 0.1, poly
-schedule (power 0.9), the whole model's gradient norm clipped at 0.01.
+schedule (power 0.9), the whole model's gradient norm clipped at 0.01. CondInst uses the same
+recipe here (its paper trains with SGD, lr 0.01), so both students differ only in the model.
 """
 
 from __future__ import annotations
@@ -19,13 +22,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from pseudolabel.data.coco import load_coco
 from pseudolabel.data.images import load_image, resolve_image_path
-from pseudolabel.data.masks import masks_to_rles
+from pseudolabel.data.masks import masks_to_boxes_xyxy, masks_to_rles
 from pseudolabel.evaluation.coco_eval import evaluate_masks
 from pseudolabel.pretrain.loop import load_state, train
+from pseudolabel.students.condinst import CondInst
 from pseudolabel.students.data import InstanceData, large_scale_jitter, resize_for_inference
 from pseudolabel.students.mask2former import (
     build_mask2former,
@@ -39,6 +44,7 @@ class StudentConfig:
     """Mask2Former training. Defaults: the CPU-sized synthetic recipe; ``configs/coco.yaml``
     holds the paper's (50 epochs, batch 32, LSJ 0.1-2.0 at 1024 px, 100 queries)."""
 
+    arch: str = "mask2former"  # or "condinst"
     preset: str = "tiny"
     steps: int = 600
     batch: int = 8
@@ -68,8 +74,34 @@ def _batch(data: InstanceData, step: int, cfg: StudentConfig) -> list:
                                (cfg.scale_min, cfg.scale_max)) for i in range(cfg.batch)]
 
 
+ARCHS = ("mask2former", "condinst")
+
+
+def build_student(cfg: StudentConfig, num_labels: int) -> torch.nn.Module:
+    if cfg.arch == "mask2former":
+        return build_mask2former(cfg.preset, num_labels, num_queries=cfg.num_queries,
+                                 decoder_layers=cfg.decoder_layers, num_points=cfg.num_points)
+    if cfg.arch == "condinst":
+        torch.manual_seed(0)
+        return CondInst(num_labels, cfg.preset)
+    raise ValueError(f"unknown student {cfg.arch!r}; expected one of {ARCHS}")
+
+
+def _student_loss(model, samples: list, cfg: StudentConfig) -> torch.Tensor:
+    pixels = torch.stack([s.pixels for s in samples])
+    if cfg.arch == "condinst":
+        targets = [{"boxes": torch.as_tensor(masks_to_boxes_xyxy(s.masks.bool().numpy()))
+                    .float(), "labels": s.labels, "masks": s.masks, "weights": s.weights}
+                   for s in samples]
+        return model.losses(pixels, targets)["loss"]
+    return model(pixel_values=pixels, pixel_mask=torch.stack([s.valid for s in samples]).long(),
+                 mask_labels=[s.masks for s in samples],
+                 class_labels=[s.labels for s in samples]).loss
+
+
 def _optimizer(model, cfg: StudentConfig) -> torch.optim.Optimizer:
-    backbone = [p for n, p in model.named_parameters() if ".pixel_level_module.encoder." in n]
+    backbone = [p for n, p in model.named_parameters()
+                if ".pixel_level_module.encoder." in n or n.startswith("body.")]
     ids = {id(p) for p in backbone}
     rest = [p for p in model.parameters() if id(p) not in ids]
     return torch.optim.AdamW([{"params": backbone, "lr_factor": cfg.backbone_lr_factor},
@@ -80,17 +112,17 @@ def _optimizer(model, cfg: StudentConfig) -> torch.optim.Optimizer:
 def train_student(train_path: str | Path, image_root: str | Path, out_dir: str | Path,
                   cfg: StudentConfig = StudentConfig(), *, quality_weighted: bool = False,
                   progress: bool = True, stop_after: int | None = None) -> dict:
-    """Train (or resume) a Mask2Former on ``train_path``; checkpoint in ``out_dir``.
+    """Train (or resume) a student (``cfg.arch``) on ``train_path``; checkpoint in ``out_dir``.
 
     ``quality_weighted`` scales each mask's loss by its annotation's ``score`` (the teacher's
     predicted IoU of a pseudo-mask; GT masks, which have none, weigh 1).
     """
     out_dir = Path(out_dir)
     data = InstanceData(train_path, image_root, weight_key="score" if quality_weighted else None)
-    model = build_mask2former(cfg.preset, len(data.coco.category_ids),
-                              num_queries=cfg.num_queries, decoder_layers=cfg.decoder_layers,
-                              num_points=cfg.num_points)
-    criterion = use_quality_weights(model) if quality_weighted else None
+    model = build_student(cfg, len(data.coco.category_ids))
+    # Mask2Former takes the weights through its criterion; CondInst reads them from targets
+    criterion = use_quality_weights(model) if quality_weighted and cfg.arch == "mask2former" \
+        else None
     model.train()
     opt = _optimizer(model, cfg)
     settings = {"config": asdict(cfg), "train": str(train_path),
@@ -112,11 +144,7 @@ def train_student(train_path: str | Path, image_root: str | Path, out_dir: str |
         factor = (1 - step / cfg.steps) ** cfg.poly_power
         for g in opt.param_groups:
             g["lr"] = cfg.lr * factor * g["lr_factor"]
-        out = model(pixel_values=torch.stack([s.pixels for s in samples]),
-                    pixel_mask=torch.stack([s.valid for s in samples]).long(),
-                    mask_labels=[s.masks for s in samples],
-                    class_labels=[s.labels for s in samples])
-        loss = out.loss
+        loss = _student_loss(model, samples, cfg)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite student loss {float(loss)} at step {step}; "
                                      "stopping (lower the learning rate or check the labels)")
@@ -140,8 +168,7 @@ def load_student(out_dir: str | Path, num_labels: int) -> torch.nn.Module:
     out_dir = Path(out_dir)
     settings = json.loads((out_dir / "settings.json").read_text())
     cfg = StudentConfig(**settings["config"])
-    model = build_mask2former(cfg.preset, num_labels, num_queries=cfg.num_queries,
-                              decoder_layers=cfg.decoder_layers, num_points=cfg.num_points)
+    model = build_student(cfg, num_labels)
     load_state(out_dir / "state.pt", model, _optimizer(model, cfg))
     return model.eval()
 
@@ -155,10 +182,18 @@ def predict(model, gt_path: str | Path, image_root: str | Path, cfg: StudentConf
     for img in tqdm(gt.images, desc="student predict", unit="img", disable=not progress):
         pixels = load_image(resolve_image_path(image_root, img["file_name"]))
         x, valid, vsize = resize_for_inference(pixels, cfg.size)
-        out = model(pixel_values=x[None], pixel_mask=valid[None].long())
-        masks, scores, labels = instance_inference(
-            out.class_queries_logits[0], out.masks_queries_logits[0], vsize, cfg.size,
-            pixels.shape[:2], cfg.topk)
+        if cfg.arch == "condinst":
+            det = model.detect(x[None], topk=cfg.topk)[0]
+            logits = F.interpolate(det["mask_logits"][None], scale_factor=4, mode="bilinear",
+                                   align_corners=False)[0][:, : vsize[0], : vsize[1]]
+            logits = F.interpolate(logits[None], pixels.shape[:2], mode="bilinear",
+                                   align_corners=False)[0]
+            masks, scores, labels = logits > 0, det["scores"], det["labels"]
+        else:
+            out = model(pixel_values=x[None], pixel_mask=valid[None].long())
+            masks, scores, labels = instance_inference(
+                out.class_queries_logits[0], out.masks_queries_logits[0], vsize, cfg.size,
+                pixels.shape[:2], cfg.topk)
         keep = masks.flatten(1).any(1)
         for rle, s, c in zip(masks_to_rles(masks[keep].numpy()), scores[keep], labels[keep],
                              strict=True):

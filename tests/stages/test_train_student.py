@@ -169,3 +169,39 @@ def test_quality_weighted_training_reads_scores(synth_dir, tmp_path):
     assert settings["quality_weighted"] is True
     with pytest.raises(ValueError, match="other settings"):  # not resumed unweighted
         train_student(path, synth_dir / "images", tmp_path / "q", cfg, progress=False)
+
+
+def test_condinst_assigns_fcos_locations_and_gives_no_mask_loss_without_instances():
+    from pseudolabel.students.condinst import CondInst
+
+    xy = torch.tensor([[20.0, 20.0], [100.0, 100.0], [40.0, 40.0], [44.0, 44.0]])
+    levels = torch.tensor([0, 0, 0, 0])
+    boxes = torch.tensor([[0.0, 0.0, 60.0, 60.0], [30.0, 30.0, 50.0, 50.0]])
+    idx = CondInst.assign(xy, levels, boxes)
+    # (20, 20): near box 0's centre only; (100, 100): no box; (40, 40) and (44, 44): inside
+    # both, and the smaller box wins
+    assert idx.tolist() == [0, -1, 1, 1]
+    model = CondInst(3)
+    empty = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long),
+              "masks": torch.zeros(0, 64, 64)}]
+    losses = model.losses(torch.randn(1, 3, 64, 64), empty)
+    assert float(losses["loss_mask"]) == 0 and float(losses["loss_box"]) == 0
+    assert float(losses["loss_cls"]) > 0  # every location is background: focal loss only
+    losses["loss"].backward()
+
+
+def test_condinst_trains_resumes_and_evaluates(synth_dir, tmp_path):
+    from dataclasses import replace
+
+    cfg = replace(TINY, arch="condinst")
+    train = synth_dir / "annotations" / "train.json"
+    images = synth_dir / "images"
+    train_student(train, images, tmp_path / "a", cfg, progress=False)
+    train_student(train, images, tmp_path / "b", cfg, progress=False, stop_after=2)
+    train_student(train, images, tmp_path / "b", cfg, progress=False)
+    a = torch.load(tmp_path / "a" / "state.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b" / "state.pt", weights_only=True)["model"]
+    assert all(torch.equal(v, b[k]) for k, v in a.items())
+    m = evaluate_student(tmp_path / "a", synth_dir / "annotations" / "val.json", images,
+                         progress=False)
+    assert m["num_predictions"] > 0 and "AP" in m["segm"]
