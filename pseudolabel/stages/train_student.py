@@ -48,9 +48,9 @@ class StudentConfig:
     preset: str = "tiny"
     steps: int = 600
     batch: int = 8
-    lr: float = 1e-4
+    lr: float = 3e-4  # tiny preset from scratch: 3e-4 beat 1e-4 (loss 28.3 vs 33.8 at 600)
     weight_decay: float = 0.05
-    backbone_lr_factor: float = 0.1
+    backbone_lr_factor: float = 1.0  # 0.1 protects a pre-trained backbone; this one is not
     poly_power: float = 0.9
     clip_norm: float = 0.01
     size: int = 160
