@@ -24,7 +24,10 @@ def target_val(tmp_path_factory):
     return load_coco(root / "annotations" / "val.json"), root / "images"
 
 
-@pytest.mark.parametrize("kind", ["sam"])  # no Grounding DINO weights are shipped yet
+SHIPPED = [k for k in ("sam", "gdino") if k in MANIFEST]
+
+
+@pytest.mark.parametrize("kind", SHIPPED)
 def test_manifest_matches_files(kind):
     entry = MANIFEST[kind]
     path = assets.shipped_path(kind)
@@ -44,6 +47,19 @@ def test_shipped_sam_reproduces_manifest(target_val):
     # the point ambiguity is real: a single point is clearly worse than a box
     full = MANIFEST["sam"]["metrics"]
     assert full["point"]["mIoU"] <= full["box"]["mIoU"] - 0.10
+
+
+@pytest.mark.skipif("gdino" not in MANIFEST, reason="no Grounding DINO weights shipped")
+def test_shipped_detector_reproduces_manifest(target_val):
+    from pseudolabel.evaluation.teacher import detector_ap
+    from pseudolabel.models.grounding_dino import build_detector
+
+    gt, images = target_val
+    detector = build_detector("tiny", checkpoint=assets.resolve("default", "gdino"))
+    got = detector_ap(detector, gt, images, progress=False)
+    ref = MANIFEST["gdino"]["metrics_subset"]
+    assert got["AP50"] == pytest.approx(ref["AP50"], abs=1.0)
+    assert got["AP"] == pytest.approx(ref["AP"], abs=1.0)
 
 
 def test_resolve_errors(tmp_path):
