@@ -46,7 +46,7 @@ def run_sam(args) -> None:
 
     cfg = SamPretrainConfig(steps=args.steps, seed=args.seed, data_seed=args.data_seed)
     torch.manual_seed(cfg.seed)
-    predictor = PromptedSam(build_sam(args.sam_model))
+    predictor = PromptedSam(build_sam("tiny"))
     predictor.sam.train()
     opt = torch.optim.AdamW(predictor.sam.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     out = args.work / "sam"
@@ -136,8 +136,6 @@ def main() -> None:
     ap.add_argument("--data-seed", type=int, default=1000)
     ap.add_argument("--note", type=json.loads, default={},
                     help='export: JSON {"sam": "...", "gdino": "..."} on how each was trained')
-    ap.add_argument("--sam-model", default="tiny", choices=["tiny", "tiny-detail"],
-                    help="sam: which tiny SAM to pre-train")
     ap.add_argument("--stop-after", type=int, default=None,
                     help="stop this run after N steps (resume later with the same command)")
     args = ap.parse_args()

@@ -18,8 +18,6 @@ from segment_anything.modeling import (
     Sam,
     TwoWayTransformer,
 )
-from segment_anything.modeling.common import LayerNorm2d
-from torch import nn
 
 from pseudolabel.models.checkpoints import fetch_to_cache, load_state_dict, load_weights
 from pseudolabel.models.registry import Registry
@@ -33,33 +31,6 @@ OFFICIAL_FILES = {
 }
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
 SAM_PIXEL_STD = (58.395, 57.12, 57.375)
-
-
-class DetailImageEncoder(ImageEncoderViT):
-    """SAM's ViT encoder whose embedding also carries a full-detail map (tiny preset only).
-
-    A small conv stem computes ``detail_maps`` maps at half the input resolution, which is
-    the mask decoder's output resolution (4x the token grid); they are folded into the token
-    grid (pixel unshuffle: each token carries its 4 x 4 block) and normalised, and fill the
-    last ``detail_maps * 16`` channels of the embedding; the ViT neck fills the rest. The
-    decoder's upscaling then sees each output pixel's own detail, which the 8-px tokens of
-    the tiny model otherwise blur (a 20 x 20 grid caps mask mIoU near 0.53 on the synthetic
-    world). The embedding keeps SAM's shape, so the rest of SAM is unchanged.
-    """
-
-    def __init__(self, *, out_chans: int, detail_maps: int = 1, **kwargs) -> None:
-        self.fold = kwargs["patch_size"] // 2  # stem pixels (stride 2) per token side
-        super().__init__(out_chans=out_chans - detail_maps * self.fold ** 2, **kwargs)
-        width = 16
-        self.detail = nn.Sequential(
-            nn.Conv2d(3, width, 3, stride=2, padding=1), nn.GELU(),
-            nn.Conv2d(width, width, 3, padding=1), nn.GELU(),
-            nn.Conv2d(width, detail_maps, 1))
-        self.detail_norm = LayerNorm2d(detail_maps * self.fold ** 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        maps = nn.functional.pixel_unshuffle(self.detail(x), self.fold)
-        return torch.cat([super().forward(x), self.detail_norm(maps)], dim=1)
 
 
 def _build_sam(
@@ -76,14 +47,11 @@ def _build_sam(
     decoder_mlp_dim: int = 2048,
     decoder_num_heads: int = 8,
     iou_head_hidden_dim: int = 256,
-    detail_maps: int = 0,
     checkpoint: str | Path | None = None,
 ) -> Sam:
     embedding_size = image_size // patch_size
-    encoder = partial(DetailImageEncoder, detail_maps=detail_maps) if detail_maps \
-        else ImageEncoderViT
     sam = Sam(
-        image_encoder=encoder(
+        image_encoder=ImageEncoderViT(
             depth=encoder_depth,
             embed_dim=encoder_embed_dim,
             img_size=image_size,
@@ -168,20 +136,6 @@ def build_sam_tiny(*, checkpoint: str | Path | None = None, pretrained: bool = T
                       encoder_global_attn_indexes=(1, 3), image_size=160, patch_size=8,
                       window_size=10, prompt_embed_dim=64, decoder_mlp_dim=256,
                       decoder_num_heads=4, iou_head_hidden_dim=64, checkpoint=checkpoint)
-
-
-@SAM_MODELS.register("tiny-detail")
-def build_sam_tiny_detail(*, checkpoint: str | Path | None = None,
-                          pretrained: bool = True) -> Sam:
-    """``tiny`` with a full-detail map in its embedding (``DetailImageEncoder``)."""
-    del pretrained
-    if checkpoint is None:
-        torch.manual_seed(0)
-    return _build_sam(encoder_embed_dim=96, encoder_depth=4, encoder_num_heads=4,
-                      encoder_global_attn_indexes=(1, 3), image_size=160, patch_size=8,
-                      window_size=10, prompt_embed_dim=64, decoder_mlp_dim=256,
-                      decoder_num_heads=4, iou_head_hidden_dim=64, detail_maps=1,
-                      checkpoint=checkpoint)
 
 
 def build_sam(name: str, *, checkpoint: str | Path | None = None, pretrained: bool = True) -> Sam:
