@@ -61,7 +61,9 @@ def save_safetensors(path: str | Path, state: dict[str, torch.Tensor],
                      metadata: dict | None = None) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    # clone: tied weights (Grounding DINO's shared box heads) would share storage, which
+    # safetensors refuses; each name gets its own copy and strict loading fills every alias
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
     save_file(tensors, str(path), metadata={k: str(v) for k, v in (metadata or {}).items()})
 
 
