@@ -74,9 +74,10 @@ def main() -> None:
     common = dict(gt_path=data.train, image_root=data.images, fraction=args.fraction,
                   sam_model=cfg.models.sam, sam_checkpoint=cfg.models.sam_checkpoint,
                   cfg=FinetuneConfig(**tcfg))
-    # class-aware teachers, and the ablation without the class module (box-cls -> box,
-    # point-cls -> point)
-    finetune_teachers(run_dir=args.run_dir, teachers=("box-cls", "point-cls"), **common)
+    # class-aware teachers (BP-SAM too, for the point + Grounding DINO column), and the
+    # ablation without the class module (box-cls -> box, point-cls -> point)
+    finetune_teachers(run_dir=args.run_dir, teachers=("box-cls", "point-cls", "boxpoint-cls"),
+                      **common)
     finetune_teachers(run_dir=args.run_dir, teachers=("box-cls", "point-cls"),
                       class_aware=False, **common)
     train_s = time.perf_counter() - t0
