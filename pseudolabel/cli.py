@@ -657,6 +657,30 @@ def train_student(
         _fail(str(exc))
 
 
+@app.command()
+def report(
+    run_dir: RunDirOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: "
+                                             "<run_dir>/report).")] = None,
+    images: Annotated[int, typer.Option(help="Images per picture.")] = 4,
+    config: ConfigOpt = None,
+) -> None:
+    """Pictures of a run (GT vs pseudo-masks, GT vs each student) and AP vs labelling hours."""
+    from pseudolabel.config import ensure_data, load_config
+    from pseudolabel.stages.report import write_report
+
+    try:
+        cfg = load_config(config)
+        data = ensure_data(cfg)
+        summary = write_report(run_dir or cfg.run_dir, data.train, data.val, data.images,
+                               out, images)
+    except ValueError as exc:
+        _fail(str(exc))
+    for name in summary["pseudo"] + summary["student"]:
+        typer.echo(f"  {name}")
+    typer.echo(f"wrote {summary['out']}/report.md")
+
+
 @app.command("check-config")
 def check_config(config: ConfigOpt = None) -> None:
     """List every file a config names that is missing (data, checkpoints)."""
