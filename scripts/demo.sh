@@ -41,4 +41,7 @@ echo; echo "== noise: a COCO-N medium copy of the val labels, scored against the
 $PL noise --level medium --gt "$DATA/annotations/val.json" --out "$RUN/noise/val-medium.json" \
   --json "$RUN/noise/val-medium-summary.json"
 
+echo; echo "== report: GT vs pseudo-mask pictures of the run"
+$PL report --run-dir "$RUN"
+
 echo; echo "demo outputs are in $RUN"
