@@ -290,11 +290,8 @@ def plan_noise(n: int, spec: NoiseSpec, seed: int, *, independent: bool = False)
     spatial: list = [None] * n
     if independent:
         flip = rng_c.random(n) < spec.class_p
-        u = rng_s.random(n)
-        edges = np.cumsum(probs)
-        for i in range(n):
-            t = int(np.searchsorted(edges, u[i], side="right"))
-            spatial[i] = kinds[t] if t < len(kinds) else None
+        which = np.searchsorted(np.cumsum(probs), rng_s.random(n), side="right")
+        spatial = [kinds[t] if t < len(kinds) else None for t in which]
         return Plan(flip, spatial)
     flip = np.zeros(n, dtype=bool)
     flip[rng_c.permutation(n)[: int(round(spec.class_p * n))]] = True

@@ -67,21 +67,34 @@ def distance_points(mask: np.ndarray) -> tuple[tuple[int, int], tuple[int, int] 
 
 
 # -- context-aware elastic box ---------------------------------------------------------------
-def similarity_map(features: torch.Tensor, mask: np.ndarray, grid_size: tuple[int, int]
-                   ) -> np.ndarray:
+def pixel_features(features: torch.Tensor, grid_size: tuple[int, int],
+                   shape: tuple[int, int]) -> torch.Tensor:
+    """The image part of the ``(C, h, w)`` embedding grid, upsampled (bilinear) to the image
+    ``shape`` and unit-normalised per pixel: ``(C, H, W)``. One per image, shared by all its
+    masks."""
+    gh, gw = grid_size
+    up = F.interpolate(features[None, :, :gh, :gw].float(), shape, mode="bilinear",
+                       align_corners=False)[0]
+    return F.normalize(up, dim=0)
+
+
+def similarity_map(features: torch.Tensor, mask: np.ndarray, grid_size: tuple[int, int],
+                   pixels: torch.Tensor | None = None) -> np.ndarray:
     """Eq. 1-2: cosine similarity > 0.5 between each pixel's feature and the mask's mean.
 
     ``features``: ``(C, h, w)`` image embedding; ``grid_size``: the part of the grid that
     covers the image (SAM pads the input to a square). The mean feature weights each cell
     by the share of it the mask covers, so masks smaller than a cell still have one.
+    ``pixels``: ``pixel_features`` of this image, when already computed.
     """
     gh, gw = grid_size
     f = features[:, :gh, :gw].float()
     m = torch.as_tensor(mask, dtype=torch.float32)[None, None]
     weights = F.interpolate(m, (gh, gw), mode="area")[0, 0]
     query = (f * weights).sum(dim=(1, 2)) / weights.sum().clamp_min(1e-12)
-    up = F.interpolate(f[None], mask.shape, mode="bilinear", align_corners=False)[0]
-    sim = torch.einsum("chw,c->hw", F.normalize(up, dim=0), F.normalize(query, dim=0))
+    if pixels is None:
+        pixels = pixel_features(features, grid_size, mask.shape)
+    sim = torch.einsum("chw,c->hw", pixels, F.normalize(query, dim=0))
     return (sim > SIM_THRESHOLD).numpy()
 
 
@@ -191,12 +204,17 @@ def refine_masks(sam: PromptedSam, embedding: ImageEmbeddings, coarse: np.ndarra
     expanded = np.zeros(n, dtype=bool)
     live = np.flatnonzero(masks.reshape(n, -1).any(1))
     input_size = embedding.input_sizes[0]
+    if "box" in prompts and cebox:  # the image's features, shared by every mask and round
+        grid = grid_size(sam, input_size)
+        feats = embedding.embeddings[0].cpu()
+        pixels = pixel_features(feats, grid, (h, w))
     for _ in range(iters):
         live = np.asarray([i for i in live if masks[i].any()], dtype=np.int64)
         if not len(live):
             break
         kwargs: dict = {}
-        pts = [distance_points(masks[i]) for i in live]
+        pts = [distance_points(masks[i]) for i in live] \
+            if "point" in prompts or "mask" in prompts else []
         if "point" in prompts:
             xy = np.zeros((len(live), 2, 2))
             labels = np.full((len(live), 2), -1)  # -1: SAM's padding point
@@ -205,15 +223,13 @@ def refine_masks(sam: PromptedSam, embedding: ImageEmbeddings, coarse: np.ndarra
                 if neg is not None:
                     xy[k, 1], labels[k, 1] = (neg[1], neg[0]), 0
             kwargs.update(points_xy=xy, point_labels=labels)
-        if "box" in prompts:
-            grid = grid_size(sam, input_size)
-            feats = embedding.embeddings[0].cpu()
+        if "box" in prompts and cebox:
             for i in live:
-                if cebox:
-                    similar = similarity_map(feats, masks[i], grid)
-                    boxes[i], expanded[i] = elastic_box(masks[i], similar, lam=lam)
-                else:
-                    boxes[i] = masks_to_boxes_xyxy(masks[i][None])[0]
+                similar = similarity_map(feats, masks[i], grid, pixels)
+                boxes[i], expanded[i] = elastic_box(masks[i], similar, lam=lam)
+        elif "box" in prompts:
+            boxes[live] = masks_to_boxes_xyxy(masks[live])
+        if "box" in prompts:
             kwargs["boxes_xyxy"] = boxes[live]
         if "mask" in prompts:
             gm = np.stack([gaussian_mask_prompt(masks[i], pts[k][0], omega=omega, gamma=gamma)

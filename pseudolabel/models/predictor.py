@@ -242,7 +242,6 @@ class PromptedSam:
                        torch.cat(logits) if keep_logits else None)
 
 
-
 def _num_prompts(points, boxes, mask_logits, class_ids) -> int:
     counts = {len(x) for x in (points[0] if points else None, boxes, mask_logits, class_ids)
               if x is not None}

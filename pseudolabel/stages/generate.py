@@ -38,7 +38,7 @@ import torch
 from segment_anything.utils.amg import calculate_stability_score
 from tqdm import tqdm
 
-from pseudolabel.data.coco import CocoDataset, load_coco
+from pseudolabel.data.coco import CocoDataset, CocoStreamWriter, load_coco
 from pseudolabel.data.images import load_image, resolve_image_path
 from pseudolabel.data.masks import mask_to_rle, masks_to_boxes_xyxy, xywh_to_xyxy, xyxy_to_xywh
 from pseudolabel.models.predictor import ImageEmbeddings, PromptedSam, pixel_centre_to_sam
@@ -401,31 +401,18 @@ def merge_parts(weak: CocoDataset, pdir: Path, num_parts: int, out_path: Path,
         raise ValueError(f"{pdir}: parts {missing[:10]}{'...' if len(missing) > 10 else ''} "
                          f"are missing ({len(missing)} of {num_parts}); run the remaining "
                          "shards first")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + f".tmp{os.getpid()}")
     stats = {"pseudo_masks": 0, "gt_masks": 0, "empty_dropped": 0,
              "point_outside_mask": 0, "mostly_outside_box": 0, "class_not_in_tags": 0}
     next_id = 1
     kept_ids = {a["image_id"] for a in weak.annotations}
+    writer = CocoStreamWriter(out_path, weak, {**weak.info, "pseudolabel": manifest})
 
-    def dump(ann: dict) -> str:
+    def emit(ann: dict) -> None:
         nonlocal next_id
-        ann = {"id": next_id, **{k: v for k, v in ann.items() if k != "id"}}
+        writer.write({"id": next_id, **{k: v for k, v in ann.items() if k != "id"}})
         next_id += 1
-        return json.dumps(ann)
 
-    with open(tmp, "w") as f:
-        f.write('{"info": ' + json.dumps({**weak.info, "pseudolabel": manifest}))
-        f.write(', "images": ' + json.dumps(weak.images))
-        f.write(', "categories": ' + json.dumps(weak.categories))
-        f.write(', "annotations": [')
-        first = True
-
-        def emit(ann: dict) -> None:
-            nonlocal first
-            f.write(("" if first else ", ") + dump(ann))
-            first = False
-
+    try:
         full = {img["id"] for img in weak.images if img.get("kind") == "fully_labeled"}
         for image_id in sorted(kept_ids):  # GT masks and every crowd region, as given
             for a in weak.anns_by_image[image_id]:
@@ -442,6 +429,8 @@ def merge_parts(weak: CocoDataset, pdir: Path, num_parts: int, out_path: Path,
                 stats["class_not_in_tags"] += c.get("class_in_tags") is False
                 emit(a)
             stats["empty_dropped"] += part["empty_dropped"]
-        f.write("]}\n")
-    os.replace(tmp, out_path)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
     return {"out": str(out_path), **stats}

@@ -261,26 +261,32 @@ def wan_file(gt_path: str | Path, image_root: str | Path, out: str | Path, level
     try:
         for s in range(0, len(gt.images), encode_batch):
             batch = gt.images[s: s + encode_batch]
+            # only images with an instance to prompt are read and encoded
+            todo = [img for img in batch if any(not a.get("iscrowd", 0)
+                                                for a in gt.anns_by_image[img["id"]])]
             pixels = [load_image(resolve_image_path(image_root, img["file_name"]))
-                      for img in batch]
-            for img, px in zip(batch, pixels, strict=True):
+                      for img in todo]
+            for img, px in zip(todo, pixels, strict=True):
                 if px.shape[:2] != (img["height"], img["width"]):
                     raise ValueError(f"{img['file_name']}: image is {px.shape[1]}x"
                                      f"{px.shape[0]}, annotations say {img['width']}x"
                                      f"{img['height']}")
-            emb = sam.encode(pixels)
-            for b, img in enumerate(batch):
+            emb = sam.encode(pixels) if todo else None
+            slot = {img["id"]: b for b, img in enumerate(todo)}
+            for img in batch:
                 anns = gt.anns_by_image[img["id"]]
                 live = [a for a in anns if not a.get("iscrowd", 0)]
-                rles = [_rle(a, img) for a in live]
-                boxes = xywh_to_xyxy(np.array([rle_to_xywh(r) for r in rles]).reshape(-1, 4))
-                if prompt == "box":
-                    dec = sam.decode(emb[b], boxes_xyxy=boxes)
-                    masks, ious = dec.masks[:, 0], dec.iou_predictions[:, 0]
-                else:
-                    centres = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2,
-                                        (boxes[:, 1] + boxes[:, 3]) / 2], axis=1)
-                    masks, ious = sam.decode(emb[b], points_xy=centres, multimask=True).best()
+                rles = [gt.rle(a) for a in live]
+                if live:
+                    boxes = xywh_to_xyxy(np.array([rle_to_xywh(r) for r in rles]))
+                    one = emb[slot[img["id"]]]
+                    if prompt == "box":
+                        dec = sam.decode(one, boxes_xyxy=boxes)
+                        masks, ious = dec.masks[:, 0], dec.iou_predictions[:, 0]
+                    else:
+                        centres = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2,
+                                            (boxes[:, 1] + boxes[:, 3]) / 2], axis=1)
+                        masks, ious = sam.decode(one, points_xy=centres, multimask=True).best()
                 k = 0
                 for ann in anns:
                     if ann.get("iscrowd", 0):

@@ -98,7 +98,7 @@ def refine_coco(coarse_path: str | Path, image_root: str | Path, out: str | Path
                                          "box_expanded": bool(refined.expanded[k])}})
                 counts["refined"] += 1
                 counts["box_expanded"] += bool(refined.expanded[k])
-                counts["unchanged"] += rle == coarse.rle(ann)
+                counts["unchanged"] += bool((refined.masks[k] == masks[k]).all())
                 k += 1
     except BaseException:
         writer.abort()

@@ -70,15 +70,9 @@ def _student_predictions(student_dir: Path, val: CocoDataset, image_root: Path,
     settings = json.loads((student_dir / "settings.json").read_text())
     cfg = StudentConfig(**settings["config"])
     model = load_student(student_dir, len(settings["categories"]))
-    subset = {**val.to_dict(), "images": [val.image_by_id[i] for i in image_ids],
-              "annotations": []}
-    tmp = student_dir / ".report-val.json"
-    tmp.write_text(json.dumps(subset))
-    try:
-        preds = predict(model, tmp, image_root, cfg, settings["categories"], progress=False)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return CocoDataset("predictions", subset["images"], val.categories,
+    images = [val.image_by_id[i] for i in image_ids]
+    preds = predict(model, images, image_root, cfg, settings["categories"], progress=False)
+    return CocoDataset("predictions", images, val.categories,
                        [{"id": k + 1, **p} for k, p in enumerate(preds)])
 
 

@@ -174,12 +174,11 @@ def load_student(out_dir: str | Path, num_labels: int) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def predict(model, gt_path: str | Path, image_root: str | Path, cfg: StudentConfig,
+def predict(model, images: list[dict], image_root: str | Path, cfg: StudentConfig,
             categories: list[int], progress: bool = True) -> list[dict]:
-    """COCO results (RLE) of ``model`` on every image of ``gt_path``."""
-    gt = load_coco(gt_path)
+    """COCO results (RLE) of ``model`` on ``images`` (COCO image dicts)."""
     results = []
-    for img in tqdm(gt.images, desc="student predict", unit="img", disable=not progress):
+    for img in tqdm(images, desc="student predict", unit="img", disable=not progress):
         pixels = load_image(resolve_image_path(image_root, img["file_name"]))
         x, valid, vsize = resize_for_inference(pixels, cfg.size)
         if cfg.arch == "condinst":
@@ -212,8 +211,9 @@ def evaluate_student(out_dir: str | Path, val_path: str | Path, image_root: str 
     cfg = StudentConfig(**settings["config"])
     categories = settings["categories"]
     model = load_student(out_dir, len(categories))
-    preds = predict(model, val_path, image_root, cfg, categories, progress)
-    result = evaluate_masks(load_coco(val_path), preds)
+    val = load_coco(val_path)
+    preds = predict(model, val.images, image_root, cfg, categories, progress)
+    result = evaluate_masks(val, preds)
     metrics = {"train": settings["train"], "val": str(val_path), "segm": result["segm"],
                "boundary": result["boundary"], "num_predictions": len(preds)}
     if full_metrics is not None and Path(full_metrics).is_file():
