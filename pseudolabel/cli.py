@@ -676,6 +676,8 @@ def report(
                                out, images)
     except ValueError as exc:
         _fail(str(exc))
+    for line in summary["table"]:
+        typer.echo(line)
     for name in summary["pseudo"] + summary["student"]:
         typer.echo(f"  {name}")
     typer.echo(f"wrote {summary['out']}/report.md")

@@ -31,17 +31,20 @@ echo; echo "== teachers: fine-tune on the 10% split, seed 001 Table 5 (benchmark
 echo; echo "== pseudo-masks: every setting the shipped weights allow (benchmarks/pseudo_table.py)"
 .venv/bin/python benchmarks/pseudo_table.py --json "$RUN/pseudo_table.json"
 
-echo; echo "== the same from the command line: generate box+class, then score it"
+echo; echo "== the same from the command line: generate point+class with the run's teachers, score it"
 BENCH=runs/bench/synthetic-10pct
-$PL generate --weak box+class --run-dir "$BENCH" --out "$RUN/pseudo/box+class.json"
-$PL evaluate --pseudo "$RUN/pseudo/box+class.json" --gt "$DATA/annotations/train.json" \
-  --json "$RUN/eval/pseudo_box+class.json"
+$PL generate --weak point+class --run-dir "$BENCH" --out "$RUN/pseudo/point+class.json"
+$PL evaluate --pseudo "$RUN/pseudo/point+class.json" --gt "$DATA/annotations/train.json" \
+  --json "$RUN/eval/pseudo_point+class.json"
+
+echo; echo "== student: Mask2Former on the 10% GT + point+class pseudo-masks (a short CPU schedule)"
+$PL train-student --weak point+class --run-dir "$RUN" --steps "${DEMO_STUDENT_STEPS:-200}"
 
 echo; echo "== noise: a COCO-N medium copy of the val labels, scored against the clean ones (seed 003)"
 $PL noise --level medium --gt "$DATA/annotations/val.json" --out "$RUN/noise/val-medium.json" \
   --json "$RUN/noise/val-medium-summary.json"
 
-echo; echo "== report: GT vs pseudo-mask pictures of the run"
+echo; echo "== report: GT vs pseudo-mask and GT vs student pictures, AP vs labelling hours"
 $PL report --run-dir "$RUN"
 
 echo; echo "demo outputs are in $RUN"

@@ -76,6 +76,18 @@ def _student_predictions(student_dir: Path, val: CocoDataset, image_root: Path,
                        [{"id": k + 1, **p} for k, p in enumerate(preds)])
 
 
+def _labelled_fraction(student_dir: Path, run_dir: Path) -> float:
+    """Share of fully labelled images behind a student: its training file's ``info``
+    (pseudo-label files record it), else the run's ``split.json``, else 0."""
+    train_file = Path(json.loads((student_dir / "settings.json").read_text())["train"])
+    if train_file.is_file():
+        info = json.loads(train_file.read_text()).get("info") or {}
+        if "fraction" in info:
+            return float(info["fraction"])
+    split = run_dir / "split.json"
+    return float(json.loads(split.read_text())["fraction"]) if split.is_file() else 0.0
+
+
 def write_report(run_dir: str | Path, train_path: str | Path, val_path: str | Path,
                  image_root: str | Path, out_dir: str | Path | None = None,
                  images: int = 4) -> dict:
@@ -99,8 +111,6 @@ def write_report(run_dir: str | Path, train_path: str | Path, val_path: str | Pa
     val_ids = [i["id"] for i in val.images if val.anns_by_image[i["id"]]][:images]
     points = []
     n_train = len(train.images)
-    fraction = json.loads((run_dir / "split.json").read_text())["fraction"] \
-        if (run_dir / "split.json").is_file() else 0.0
     for sdir in students:
         metrics = json.loads((sdir / "metrics.json").read_text())
         preds = _student_predictions(sdir, val, image_root, val_ids)
@@ -113,8 +123,11 @@ def write_report(run_dir: str | Path, train_path: str | Path, val_path: str | Pa
         panels(rows, out / name)
         made["student"].append(name)
         weak = sdir.name.split("-")[0].replace("_", "+")
-        hours = (labelling_cost("coco", "box+class", 1.0, n_train)["full_mask_hours"]
-                 if weak == "full" else labelling_cost("coco", weak, fraction, n_train)["hours"])
+        if weak == "full":
+            hours = labelling_cost("coco", "box+class", 1.0, n_train)["full_mask_hours"]
+        else:
+            fraction = _labelled_fraction(sdir, run_dir)
+            hours = labelling_cost("coco", weak, fraction, n_train)["hours"]
         points.append((sdir.name, hours, metrics["segm"]["AP"], metrics["boundary"]["AP"]))
     if points:
         fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -122,6 +135,10 @@ def write_report(run_dir: str | Path, train_path: str | Path, val_path: str | Pa
             ax.scatter(hours, ap)
             ax.annotate(name, (hours, ap), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")
+        full_hours = labelling_cost("coco", "box+class", 1.0, n_train)["full_mask_hours"]
+        ax.axvline(full_hours, color="grey", linestyle="--", linewidth=0.8)
+        ax.annotate("all masks", (full_hours, 0), fontsize=7, xytext=(-3, 3), ha="right",
+                    textcoords="offset points", xycoords=("data", "axes fraction"))
         ax.set_xlabel(f"labelling hours for {n_train} images (COCO per-image costs)")
         ax.set_ylabel("student mask AP")
         ax.set_title("accuracy vs labelling cost (seed 001 Fig. 1)", fontsize=9)
@@ -129,12 +146,12 @@ def write_report(run_dir: str | Path, train_path: str | Path, val_path: str | Pa
         out.mkdir(parents=True, exist_ok=True)
         fig.savefig(out / "ap_vs_hours.png", dpi=100)
         plt.close(fig)
-    lines = [f"# Report of {run_dir}", "", "| student | labelling hours | mask AP | boundary AP |",
-             "|---|---|---|---|"]
-    lines += [f"| {n} | {h:,.1f} | {a:.1f} | {b:.1f} |" for n, h, a, b in points]
-    lines += [""] + [f"![{n}]({n})" for n in made["pseudo"] + made["student"]]
+    table = ["| student | labelling hours | mask AP | boundary AP |", "|---|---|---|---|"]
+    table += [f"| {n} | {h:,.1f} | {a:.1f} | {b:.1f} |" for n, h, a, b in points]
+    lines = [f"# Report of {run_dir}", "", *table, ""]
+    lines += [f"![{n}]({n})" for n in made["pseudo"] + made["student"]]
     if points:
         lines.append("![AP vs labelling hours](ap_vs_hours.png)")
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text("\n".join(lines) + "\n")
-    return {"out": str(out), **made, "plot": bool(points)}
+    return {"out": str(out), **made, "plot": bool(points), "table": table if points else []}
