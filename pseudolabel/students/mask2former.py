@@ -5,7 +5,10 @@ Presets (seed 001 §4.1 trains Mask2Former with its paper's recipe):
 * ``r50``: ResNet-50 backbone, 100 queries, 9 decoder layers, 12,544 sampled points, loss
   weights class 2 / mask 5 / dice 5, no-object weight 0.1 (the COCO model; the backbone's
   ImageNet weights come from a hub id or a local folder);
-* ``tiny``: the same classes with small dimensions for the synthetic world on a CPU.
+* ``tiny``: the same classes with small dimensions for the synthetic world on a CPU: a
+  ResNet-18 layout (basic blocks, widths 64-512, as CondInst's tiny preset), 30 queries, 4
+  decoder layers, width 64. With full GT, 1,500 steps from scratch reach val mask AP 2.1 with
+  this backbone and 1.2 with the narrower one it replaced (widths 32-256, depths 1-1-2-1).
 
 Inference follows Mask2Former's instance head: the top-k (query, class) pairs by class
 probability, each mask ``sigmoid > 0.5``, scored by class probability times the mean mask
@@ -47,8 +50,8 @@ def _build(preset, num_labels, num_queries, decoder_layers, num_points, backbone
         raise ValueError(f"unknown Mask2Former preset {preset!r}; expected one of {PRESETS}")
     torch.manual_seed(0)
     if preset == "tiny":
-        bb = ResNetConfig(embedding_size=32, hidden_sizes=[32, 64, 128, 256],
-                          depths=[1, 1, 2, 1], layer_type="basic",
+        bb = ResNetConfig(embedding_size=64, hidden_sizes=[64, 128, 256, 512],
+                          depths=[2, 2, 2, 2], layer_type="basic",
                           out_features=["stage1", "stage2", "stage3", "stage4"])
         cfg = Mask2FormerConfig(
             backbone_config=bb, num_labels=num_labels, feature_size=64, mask_feature_size=64,
