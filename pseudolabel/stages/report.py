@@ -141,6 +141,8 @@ def write_report(run_dir: str | Path, train_path: str | Path, val_path: str | Pa
                     textcoords="offset points", xycoords=("data", "axes fraction"))
         ax.set_xlabel(f"labelling hours for {n_train} images (COCO per-image costs)")
         ax.set_ylabel("student mask AP")
+        ax.set_xlim(left=0)
+        ax.set_ylim(bottom=0, top=max(1.0, 1.15 * max(p[2] for p in points)))
         ax.set_title("accuracy vs labelling cost (seed 001 Fig. 1)", fontsize=9)
         fig.tight_layout()
         out.mkdir(parents=True, exist_ok=True)
