@@ -17,6 +17,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # plain click help: paragraphs rewrapped to the terminal
 )
 
 ConfigOpt = Annotated[
@@ -621,7 +622,6 @@ def train_student(
         _fail("give exactly one of --weak W or --full")
     try:
         cfg = load_config(config)
-        data = ensure_data(cfg)
         run_dir = run_dir if run_dir is not None else cfg.run_dir
         try:
             scfg = StudentConfig(**(cfg.raw.get("student") or {}))
@@ -630,14 +630,15 @@ def train_student(
         scfg = replace(scfg, arch=student)
         if steps is not None:
             scfg = replace(scfg, steps=steps)
-        if full:
-            train_file, name = data.train, "full"
-        else:
+        if not full:  # checked before the data is made: a typo costs nothing
             train_file = pseudo if pseudo is not None else run_dir / "pseudo" / f"{weak}.json"
             name = weak.replace("+", "_")
             if not Path(train_file).is_file():
                 raise ValueError(f"{train_file}: pseudo-labels not found; run pseudolabel "
                                  f"generate --weak {weak} first")
+        data = ensure_data(cfg)
+        if full:
+            train_file, name = data.train, "full"
         out_dir = run_dir / "student" / (f"{name}-{student}"
                                          + ("-quality" if quality_weighted else ""))
         summary = run_train(train_file, data.images, out_dir, scfg,
