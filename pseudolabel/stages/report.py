@@ -111,6 +111,7 @@ def write_report(run_dir: str | Path, train_path: str | Path, val_path: str | Pa
     val_ids = [i["id"] for i in val.images if val.anns_by_image[i["id"]]][:images]
     points = []
     n_train = len(train.images)
+    full_hours = labelling_cost("coco", "box+class", 1.0, n_train)["full_mask_hours"]
     for sdir in students:
         metrics = json.loads((sdir / "metrics.json").read_text())
         preds = _student_predictions(sdir, val, image_root, val_ids)
@@ -124,7 +125,7 @@ def write_report(run_dir: str | Path, train_path: str | Path, val_path: str | Pa
         made["student"].append(name)
         weak = sdir.name.split("-")[0].replace("_", "+")
         if weak == "full":
-            hours = labelling_cost("coco", "box+class", 1.0, n_train)["full_mask_hours"]
+            hours = full_hours
         else:
             fraction = _labelled_fraction(sdir, run_dir)
             hours = labelling_cost("coco", weak, fraction, n_train)["hours"]
@@ -135,7 +136,6 @@ def write_report(run_dir: str | Path, train_path: str | Path, val_path: str | Pa
             ax.scatter(hours, ap)
             ax.annotate(name, (hours, ap), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")
-        full_hours = labelling_cost("coco", "box+class", 1.0, n_train)["full_mask_hours"]
         ax.axvline(full_hours, color="grey", linestyle="--", linewidth=0.8)
         ax.annotate("all masks", (full_hours, 0), fontsize=7, xytext=(-3, 3), ha="right",
                     textcoords="offset points", xycoords=("data", "axes fraction"))
