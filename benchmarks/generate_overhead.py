@@ -95,8 +95,8 @@ def main() -> None:
     print(f"hardware: {hardware()}")
     print(f"generate {args.setting}, {args.sam} SAM, {len(images)} images, "
           f"{summary['pseudo_masks']} pseudo-masks")
-    print(f"  unavoidable forwards {forwards:7.2f} s  ({len(images) / forwards:.1f} img/s)")
-    print(f"  generate             {wall:7.2f} s  ({len(images) / wall:.1f} img/s)")
+    print(f"  unavoidable forwards {forwards:7.2f} s  ({len(images) / forwards:.2f} img/s)")
+    print(f"  generate             {wall:7.2f} s  ({len(images) / wall:.2f} img/s)")
     print(f"generate / forwards ratio: {wall / forwards:.2f}")
 
 

@@ -69,6 +69,11 @@ class Decoded:
 # traffic: one call with 20 vit_b prompts (84 MB of copies) ran 1.7x slower than 20 single
 # calls here. Calls of about this many bytes of copies were fastest (benchmarks/decode.py).
 CPU_DECODE_CHUNK_BYTES = 12 * 2**20
+# The encoder's global-attention blocks hold a (heads, tokens, tokens) matrix plus SAM's
+# decomposed relative-position terms per image: at 1024 px (4,096 tokens) eight ViT-B images
+# in one forward took 20 GB here. Images are encoded in groups whose token count stays under
+# this cap (one 1024-px image, ten 160-px tiny-SAM images); a lone image is never split.
+ENCODE_CHUNK_TOKENS = 64 * 64
 
 
 class PromptedSam:
@@ -77,12 +82,13 @@ class PromptedSam:
     ``class_embeddings`` is a ``(K, D)`` table of text embeddings; ``class_ids`` passed to
     ``decode`` index its rows. Without a class-aware encoder, class ids are an error.
     ``decode_chunk`` caps the prompts per decoder call (default: sized to
-    ``CPU_DECODE_CHUNK_BYTES`` on a CPU, unlimited on a GPU).
+    ``CPU_DECODE_CHUNK_BYTES`` on a CPU, unlimited on a GPU); ``encode_chunk`` caps the
+    images per encoder forward (default: ``ENCODE_CHUNK_TOKENS`` worth of patch tokens).
     """
 
     def __init__(self, sam: Sam, class_encoder: ClassAwarePromptEncoder | None = None,
                  class_embeddings: torch.Tensor | None = None,
-                 decode_chunk: int | None = None) -> None:
+                 decode_chunk: int | None = None, encode_chunk: int | None = None) -> None:
         self.sam = sam
         self.class_encoder = class_encoder
         self.class_embeddings = class_embeddings
@@ -92,6 +98,10 @@ class PromptedSam:
             h, w = sam.prompt_encoder.image_embedding_size
             decode_chunk = max(1, CPU_DECODE_CHUNK_BYTES // (4 * c * h * w))
         self.decode_chunk = decode_chunk
+        if encode_chunk is None:
+            size = sam.image_encoder.img_size // sam.image_encoder.patch_embed.proj.stride[0]
+            encode_chunk = max(1, ENCODE_CHUNK_TOKENS // (size * size))
+        self.encode_chunk = encode_chunk
 
     @property
     def device(self) -> torch.device:
@@ -121,9 +131,11 @@ class PromptedSam:
 
     @torch.no_grad()
     def encode(self, images: list[np.ndarray]) -> ImageEmbeddings:
-        """Run the image encoder once on a batch of images."""
+        """Run the image encoder once on a batch of images (in ``encode_chunk`` groups)."""
         x, originals, inputs = self.preprocess(images)
-        return ImageEmbeddings(self.sam.image_encoder(x), originals, inputs)
+        out = [self.sam.image_encoder(x[s: s + self.encode_chunk])
+               for s in range(0, len(x), self.encode_chunk)]
+        return ImageEmbeddings(torch.cat(out), originals, inputs)
 
     def prompt_tensors(self, original_size, points_xy=None, point_labels=None, boxes_xyxy=None):
         """Resize prompt coordinates to the model input; returns torch tensors or None."""

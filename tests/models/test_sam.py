@@ -116,6 +116,19 @@ def test_points_masks_and_embeddings_reuse(tiny):
     assert empty.masks.shape == (0, 1, 64, 96)
 
 
+
+def test_encoder_groups_images_by_token_count():
+    """A 1024-px SAM encodes one image per forward (memory); the result is the same."""
+    assert PromptedSam(build_sam("vit_b", pretrained=False)).encode_chunk == 1
+    sam = build_sam("tiny")
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 255, (48, 64, 3), dtype=np.uint8) for _ in range(5)]
+    whole = PromptedSam(sam, encode_chunk=8).encode(images)
+    grouped = PromptedSam(sam, encode_chunk=2).encode(images)
+    assert PromptedSam(sam).encode_chunk == 10
+    assert grouped.input_sizes == whole.input_sizes and len(grouped.original_sizes) == 5
+    torch.testing.assert_close(grouped.embeddings, whole.embeddings, atol=1e-4, rtol=1e-4)
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(), "at least one prompt"),
     (dict(points_xy=[[1, 1]], boxes_xyxy=[[0, 0, 5, 5], [1, 1, 6, 6]]), "disagree"),
