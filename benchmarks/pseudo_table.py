@@ -43,6 +43,8 @@ def main() -> None:
     ap.add_argument("--fraction", type=float, default=0.1)
     ap.add_argument("--run-dir", type=Path, default=Path("runs/bench/synthetic-10pct"))
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--detector-checkpoint", default=None,
+                    help="Grounding DINO weights (default: the config's, i.e. the shipped ones)")
     args = ap.parse_args()
 
     cfg = load_config(None)
@@ -57,7 +59,8 @@ def main() -> None:
     detector = detector_sha = None
     why_no_detector = ""
     try:
-        ckpt = assets.resolve(cfg.models.detector_checkpoint, "gdino")
+        ckpt = assets.resolve(args.detector_checkpoint or cfg.models.detector_checkpoint,
+                              "gdino")
         detector, detector_sha = build_detector(cfg.models.detector, checkpoint=ckpt), \
             file_sha256(ckpt) if ckpt else "random"
     except ValueError as exc:

@@ -30,7 +30,7 @@ from pseudolabel.models.grounding_dino import build_detector  # noqa: E402
 from pseudolabel.stages.generate import GenerateOptions, generate, load_run_teachers  # noqa: E402
 from pseudolabel.stages.model_eval import evaluate_run_teachers  # noqa: E402
 from pseudolabel.stages.teacher_finetune import finetune_teachers  # noqa: E402
-from pseudolabel.stages.weaken import weaken  # noqa: E402
+from pseudolabel.stages.weaken import file_sha256, weaken  # noqa: E402
 from pseudolabel.teacher.train import FinetuneConfig  # noqa: E402
 
 
@@ -52,7 +52,8 @@ def point_gdino(cfg, data, run_dir: Path, zero_shot: bool) -> float | None:
     out = work / f"pseudo{'-zero-shot' if zero_shot else ''}.json"
     # the teachers come from run_dir; parts and split checks live in the val work folder
     generate(weak, data.images, work, GenerateOptions("point+class", zero_shot=zero_shot),
-             teachers, detector, detector_sha=str(ckpt), out_path=out, progress=False)
+             teachers, detector, detector_sha=file_sha256(ckpt) if ckpt else "random",
+             out_path=out, progress=False)
     return evaluate_pseudo(load_coco(out), gt)["mIoU"]
 
 
