@@ -116,7 +116,6 @@ def test_points_masks_and_embeddings_reuse(tiny):
     assert empty.masks.shape == (0, 1, 64, 96)
 
 
-
 def test_encoder_groups_images_by_token_count():
     """A 1024-px SAM encodes one image per forward (memory); the result is the same."""
     assert PromptedSam(build_sam("vit_b", pretrained=False)).encode_chunk == 1
@@ -128,6 +127,7 @@ def test_encoder_groups_images_by_token_count():
     assert PromptedSam(sam).encode_chunk == 10
     assert grouped.input_sizes == whole.input_sizes and len(grouped.original_sizes) == 5
     torch.testing.assert_close(grouped.embeddings, whole.embeddings, atol=1e-4, rtol=1e-4)
+
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(), "at least one prompt"),
