@@ -24,16 +24,15 @@ from _hardware import hardware  # noqa: E402
 from pseudolabel.config import ensure_data, load_config  # noqa: E402
 from pseudolabel.data.coco import load_coco, save_json  # noqa: E402
 from pseudolabel.evaluation.pseudo import evaluate_pseudo  # noqa: E402
-from pseudolabel.models import assets  # noqa: E402
-from pseudolabel.models.grounding_dino import build_detector  # noqa: E402
 from pseudolabel.stages.generate import (  # noqa: E402
     SETTINGS,
     GenerateOptions,
     generate,
+    load_detector,
     load_run_teachers,
 )
 from pseudolabel.stages.teacher_finetune import finetune_teachers  # noqa: E402
-from pseudolabel.stages.weaken import file_sha256, weaken  # noqa: E402
+from pseudolabel.stages.weaken import weaken  # noqa: E402
 from pseudolabel.teacher.train import FinetuneConfig  # noqa: E402
 
 
@@ -59,10 +58,7 @@ def main() -> None:
     detector = detector_sha = None
     why_no_detector = ""
     try:
-        ckpt = assets.resolve(args.detector_checkpoint or cfg.models.detector_checkpoint,
-                              "gdino")
-        detector, detector_sha = build_detector(cfg.models.detector, checkpoint=ckpt), \
-            file_sha256(ckpt) if ckpt else "random"
+        detector, detector_sha = load_detector(cfg.models, args.detector_checkpoint)
     except ValueError as exc:
         why_no_detector = str(exc).splitlines()[0]
 

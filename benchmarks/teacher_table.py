@@ -25,20 +25,22 @@ from _hardware import hardware  # noqa: E402
 from pseudolabel.config import ensure_data, load_config  # noqa: E402
 from pseudolabel.data.coco import load_coco, save_json  # noqa: E402
 from pseudolabel.evaluation.pseudo import evaluate_pseudo  # noqa: E402
-from pseudolabel.models import assets  # noqa: E402
-from pseudolabel.models.grounding_dino import build_detector  # noqa: E402
-from pseudolabel.stages.generate import GenerateOptions, generate, load_run_teachers  # noqa: E402
+from pseudolabel.stages.generate import (  # noqa: E402
+    GenerateOptions,
+    generate,
+    load_detector,
+    load_run_teachers,
+)
 from pseudolabel.stages.model_eval import evaluate_run_teachers  # noqa: E402
 from pseudolabel.stages.teacher_finetune import finetune_teachers  # noqa: E402
-from pseudolabel.stages.weaken import file_sha256, weaken  # noqa: E402
+from pseudolabel.stages.weaken import weaken  # noqa: E402
 from pseudolabel.teacher.train import FinetuneConfig  # noqa: E402
 
 
 def point_gdino(cfg, data, run_dir: Path, zero_shot: bool) -> float | None:
     """mIoU of the point+class pipeline on the val images (every image weakly labelled)."""
     try:
-        ckpt = assets.resolve(cfg.models.detector_checkpoint, "gdino")
-        detector = build_detector(cfg.models.detector, checkpoint=ckpt)
+        detector, detector_sha = load_detector(cfg.models)
     except ValueError:
         return None
     gt = load_coco(data.val)
@@ -52,7 +54,7 @@ def point_gdino(cfg, data, run_dir: Path, zero_shot: bool) -> float | None:
     out = work / f"pseudo{'-zero-shot' if zero_shot else ''}.json"
     # the teachers come from run_dir; parts and split checks live in the val work folder
     generate(weak, data.images, work, GenerateOptions("point+class", zero_shot=zero_shot),
-             teachers, detector, detector_sha=file_sha256(ckpt) if ckpt else "random",
+             teachers, detector, detector_sha=detector_sha,
              out_path=out, progress=False)
     return evaluate_pseudo(load_coco(out), gt)["mIoU"]
 

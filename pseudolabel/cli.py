@@ -291,10 +291,7 @@ def _generate_setup(weak, weak_file, run_dir, config, refine, zero_shot):
     from pseudolabel.config import ensure_data, load_config
     from pseudolabel.data.coco import load_coco
     from pseudolabel.distributed import is_main
-    from pseudolabel.models import assets
-    from pseudolabel.models.grounding_dino import build_detector
-    from pseudolabel.stages.generate import SETTINGS, load_run_teachers
-    from pseudolabel.stages.weaken import file_sha256
+    from pseudolabel.stages.generate import SETTINGS, load_detector, load_run_teachers
 
     if weak not in SETTINGS:
         _fail(f"--weak {weak!r}: expected one of {', '.join(SETTINGS)}")
@@ -313,11 +310,7 @@ def _generate_setup(weak, weak_file, run_dir, config, refine, zero_shot):
                                  sam_checkpoint=cfg.models.sam_checkpoint)
     detector = detector_sha = None
     if weak in ("none", "class") or (weak == "point+class" and refine):
-        name = cfg.models.detector
-        ckpt = assets.resolve(cfg.models.detector_checkpoint, "gdino") if name == "tiny" \
-            else None
-        detector = build_detector(name, checkpoint=ckpt)
-        detector_sha = file_sha256(ckpt) if ckpt else name
+        detector, detector_sha = load_detector(cfg.models)
     return data, run_dir, Path(weak_file), teachers, detector, detector_sha
 
 

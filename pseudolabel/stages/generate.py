@@ -69,6 +69,22 @@ class Teachers:
         return next(iter(self.models.values()))
 
 
+def load_detector(models, checkpoint: str | None = None):
+    """The config's Grounding DINO (``models``: a ``config.Models``) and the identity its
+    generate parts are keyed by: the weights' sha256, or the hub name.
+
+    Keying by the file's content, not its path, keeps new weights at the same path from
+    reusing parts made with the old ones. ``checkpoint`` overrides the config's (tiny only).
+    """
+    from pseudolabel.models import assets
+    from pseudolabel.models.grounding_dino import build_detector
+
+    name = models.detector
+    ckpt = assets.resolve(checkpoint or models.detector_checkpoint, "gdino") \
+        if name == "tiny" else None
+    return build_detector(name, checkpoint=ckpt), file_sha256(ckpt) if ckpt else name
+
+
 def load_run_teachers(run_dir: Path, setting: str, category_ids: list[int], *,
                       refine: bool = True, zero_shot: bool = False, sam_model: str = "tiny",
                       sam_checkpoint: str | None = "default") -> Teachers:
