@@ -31,6 +31,13 @@ WeakFileOpt = Annotated[Path | None, typer.Option(
     help="Weak-label file (default: <run_dir>/weak/<weak>.json).")]
 PseudoOutOpt = Annotated[Path | None, typer.Option(
     help="Output file (default: <run_dir>/pseudo/<weak>.json).")]
+DeviceOpt = Annotated[str | None, typer.Option(
+    help="Device: auto (cuda:$LOCAL_RANK when CUDA is available, else cpu), cpu, cuda or "
+    "cuda:N. Default: the config's runtime.device, else auto.")]
+PrecisionOpt = Annotated[str | None, typer.Option(
+    help="Precision of model forwards: fp32, bf16 or fp16 (autocast; thresholds, IoUs and "
+    "loss reductions stay fp32; fp16 training uses a gradient scaler). Default: the "
+    "config's runtime.precision, else fp32.")]
 SamRefinerOpt = Annotated[bool, typer.Option(
     "--samrefiner", help="Refine every pseudo-mask with SAMRefiner (seed 002: point, "
     "elastic box and Gaussian mask prompts mined from it).")]
@@ -39,6 +46,13 @@ SamRefinerOpt = Annotated[bool, typer.Option(
 def _fail(message: str) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
+
+
+def _runtime(device: str | None, precision: str | None, cfg):
+    """The command's runtime (device, precision, rank): flags, then the config's block."""
+    from pseudolabel.runtime import setup_runtime
+
+    return setup_runtime(device, precision, cfg.runtime)
 
 
 def _print_json(data: dict, out: Path | None) -> None:
@@ -147,9 +161,14 @@ def evaluate(
                                                   help="Write the figures as JSON.")] = None,
     area_scale: Annotated[float | None, typer.Option(help="Multiply COCO's small/large area "
                           "thresholds (default: the GT's info.area_scale, else 1).")] = None,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Score predictions (mask AP + boundary AP), pseudo-masks, a SAM teacher or a detector."""
+    """Score predictions (mask AP + boundary AP), pseudo-masks, a SAM teacher or a detector.
+
+    --device and --precision apply to --teacher and --detector (the models run there).
+    """
     from pseudolabel.config import ensure_data, load_config
 
     chosen = [n for n, v in (("--pred", pred), ("--pseudo", pseudo), ("--teacher", teacher),
@@ -157,41 +176,46 @@ def evaluate(
     if len(chosen) != 1:
         _fail("give exactly one of --pred, --pseudo, --teacher or --detector")
     try:
-        data = ensure_data(load_config(config)) if gt is None or images is None else None
+        cfg = load_config(config)
+        data = ensure_data(cfg) if gt is None or images is None else None
         gt = gt if gt is not None else (data.train if pseudo is not None else data.val)
         images = images if images is not None else (data.images if data else None)
         if teacher is not None:
-            _evaluate_teacher(teacher, sam_model, gt, images, prompts, max_images, json_out)
+            _evaluate_teacher(teacher, sam_model, gt, images, prompts, max_images, json_out,
+                              _runtime(device, precision, cfg))
         elif detector is not None:
-            _evaluate_detector(detector, gt, images, max_images, json_out)
+            _evaluate_detector(detector, gt, images, max_images, json_out,
+                               _runtime(device, precision, cfg))
         else:
             _evaluate_masks(pred, pseudo, gt, area_scale, json_out)
     except ValueError as exc:
         _fail(str(exc))
 
 
-def _evaluate_teacher(teacher, sam_model, gt, images, prompts, max_images, json_out) -> None:
+def _evaluate_teacher(teacher, sam_model, gt, images, prompts, max_images, json_out,
+                      runtime) -> None:
     from pseudolabel.stages.model_eval import evaluate_run_teachers, evaluate_teacher
 
     if Path(teacher).is_dir():
-        result = evaluate_run_teachers(teacher, gt, images, max_images)
+        result = evaluate_run_teachers(teacher, gt, images, max_images, runtime=runtime)
         for name, row in result["mIoU"].items():
             typer.echo(f"{name:<14}" + "  ".join(f"{k} {v:.3f}" for k, v in row.items()))
         _print_json(result, json_out)
         return
     kinds = tuple(p.strip() for p in prompts.split(",") if p.strip())
-    result = evaluate_teacher(teacher, sam_model, gt, images, kinds, max_images)
+    result = evaluate_teacher(teacher, sam_model, gt, images, kinds, max_images,
+                              runtime=runtime)
     for kind, r in result["mIoU"].items():
         typer.echo(f"{kind:<10} mIoU {r['mIoU']:.3f}  ({r['num_instances']} instances)")
     _print_json(result, json_out)
 
 
-def _evaluate_detector(detector, gt, images, max_images, json_out) -> None:
+def _evaluate_detector(detector, gt, images, max_images, json_out, runtime) -> None:
     from pseudolabel.stages.model_eval import evaluate_detector
 
     name, ckpt = ("tiny", detector) if detector == "default" or Path(detector).is_file() \
         else (detector, None)
-    result = evaluate_detector(name, ckpt, gt, images, max_images)
+    result = evaluate_detector(name, ckpt, gt, images, max_images, runtime=runtime)
     typer.echo(f"box AP50 {result['AP50']:.2f}  AP {result['AP']:.2f}")
     _print_json(result, json_out)
 
@@ -236,20 +260,25 @@ def teacher_finetune(
     run_dir: RunDirOpt = None,
     stop_after: Annotated[int | None, typer.Option(
         help="Stop each teacher after N steps; the same command resumes.")] = None,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Fine-tune class-aware SAM teachers on the fully labelled images (seed 001 §3, §4.1)."""
+    """Fine-tune class-aware SAM teachers on the fully labelled images (seed 001 §3, §4.1).
+
+    Under torchrun every rank takes its share of each global batch.
+    """
     from dataclasses import asdict
 
     from pseudolabel.config import ensure_data, load_config
-    from pseudolabel.distributed import init_from_env, is_main
     from pseudolabel.stages.teacher_finetune import finetune_teachers
     from pseudolabel.teacher.train import FinetuneConfig
 
     try:
-        init_from_env()
         cfg = load_config(config)
-        data = ensure_data(cfg) if is_main() else cfg.data
+        rt = _runtime(device, precision, cfg)
+        data = ensure_data(cfg) if rt.is_main else cfg.data
+        rt.barrier()  # rank 0 may be writing the synthetic data
         tcfg = asdict(cfg.teacher)
         if steps is not None:
             tcfg["steps"] = steps
@@ -260,10 +289,10 @@ def teacher_finetune(
             class_aware=class_aware, sam_model=sam_model or cfg.models.sam,
             sam_checkpoint=sam_checkpoint or cfg.models.sam_checkpoint,
             text_encoder=cfg.models.text_encoder, text_checkpoint=cfg.models.text_checkpoint,
-            cfg=FinetuneConfig(seed=seed, **tcfg), stop_after=stop_after)
+            cfg=FinetuneConfig(seed=seed, **tcfg), stop_after=stop_after, runtime=rt)
     except ValueError as exc:
         _fail(str(exc))
-    if not is_main():
+    if not rt.is_main:
         return
     typer.echo(f"split {summary['split']['hash']}: {summary['fully_labeled']} fully labelled "
                f"images, {summary['instances']} instances")
@@ -284,39 +313,55 @@ def _parse_shard(shard: str | None) -> tuple[int, int] | None:
     return i, n
 
 
-def _generate_setup(weak, weak_file, run_dir, config, refine, zero_shot):
-    """Config, weak file, teachers and detector of one generate / merge call."""
-    import torch.distributed as dist
-
-    from pseudolabel.config import ensure_data, load_config
+def _generate_setup(cfg, weak, weak_file, run_dir, out, opts, runtime, weights=True):
+    """Data, jobs, teachers and detector of one generate / merge call."""
+    from pseudolabel.config import ensure_data
     from pseudolabel.data.coco import load_coco
-    from pseudolabel.distributed import is_main
-    from pseudolabel.stages.generate import SETTINGS, load_detector, load_run_teachers
+    from pseudolabel.pseudo_masks import uses_detector
+    from pseudolabel.stages.generate import (
+        detector_identity,
+        jobs_for,
+        load_detector,
+        load_run_teachers,
+        parse_settings,
+    )
 
-    if weak not in SETTINGS:
-        _fail(f"--weak {weak!r}: expected one of {', '.join(SETTINGS)}")
-    cfg = load_config(config)
-    data = ensure_data(cfg) if is_main() else cfg.data
-    if dist.is_initialized():
-        dist.barrier()  # rank 0 may be writing the synthetic data
+    data = ensure_data(cfg) if runtime.is_main else cfg.data
+    runtime.barrier()  # rank 0 may be writing the synthetic data
     run_dir = run_dir or cfg.run_dir
-    weak_file = weak_file or run_dir / "weak" / f"{weak}.json"
-    if not Path(weak_file).is_file():
-        _fail(f"{weak_file}: weak-label file not found (write it with pseudolabel weaken --weak "
-              f"{weak} --fraction F, or pass --weak-file)")
-    categories = load_coco(weak_file).category_ids
-    teachers = load_run_teachers(run_dir, weak, categories, refine=refine, zero_shot=zero_shot,
-                                 sam_model=cfg.models.sam,
-                                 sam_checkpoint=cfg.models.sam_checkpoint)
+    settings = parse_settings(weak, weak_file)
+    paths = [weak_file] if weak_file else [run_dir / "weak" / f"{s}.json" for s in settings]
+    for setting, path in zip(settings, paths, strict=True):
+        if not Path(path).is_file():
+            _fail(f"{path}: weak-label file not found (write it with pseudolabel weaken --weak "
+                  f"{setting} --fraction F, or pass --weak-file)")
+    weak_sets = [load_coco(p) for p in paths]
+    kinds = {img.get("kind") for w in weak_sets for img in w.images} - {"fully_labeled"}
+    categories = weak_sets[0].category_ids
+    teachers = load_run_teachers(run_dir, kinds, categories, refine=opts.refine,
+                                 zero_shot=opts.zero_shot, sam_model=cfg.models.sam,
+                                 sam_checkpoint=cfg.models.sam_checkpoint, runtime=runtime,
+                                 weights=weights)
     detector = detector_sha = None
-    if weak in ("none", "class") or (weak == "point+class" and refine):
-        detector, detector_sha = load_detector(cfg.models)
-    return data, run_dir, Path(weak_file), teachers, detector, detector_sha
+    if any(uses_detector(k, opts.refine) for k in kinds):
+        if weights:
+            detector, detector_sha = load_detector(cfg.models, runtime=runtime)
+        else:
+            _, detector_sha = detector_identity(cfg.models)
+    jobs = jobs_for(None if weak_file and weak is None else weak, run_dir, weak_file, opts,
+                    teachers, detector_sha, out)
+    return data, jobs, teachers, detector, detector_sha
+
+
+WeakListOpt = Annotated[str | None, typer.Option(
+    help="Weak setting(s): none, class, point+class, box+class, a comma list of them, or "
+    "all; mixed for a --weak-file whose images carry different kinds. Default: what "
+    "--weak-file holds.")]
 
 
 @app.command()
 def generate(
-    weak: Annotated[str, typer.Option(help=WEAK_HELP)],
+    weak: WeakListOpt = None,
     weak_file: WeakFileOpt = None,
     run_dir: RunDirOpt = None,
     out: PseudoOutOpt = None,
@@ -330,57 +375,65 @@ def generate(
     shard: Annotated[str | None, typer.Option(
         help="i/n: do only shard i of n (a job array); merge with pseudolabel merge.")] = None,
     part_size: Annotated[int, typer.Option(help="Images per part written to disk.")] = 16,
-    workers: Annotated[int, typer.Option(help="Image-loading threads.")] = 2,
+    workers: Annotated[int, typer.Option(help="Image-loading threads (decode and resize "
+                                         "ahead of the model).")] = 2,
+    encode_batch: Annotated[int, typer.Option(
+        help="Images per image-encoder call (one forward on a GPU; a CPU splits it to bound "
+        "memory).")] = 8,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Write pseudo-masks for one weak setting (seed 001 §3.2-3.5); resumable.
+    """Write pseudo-masks for weak settings (seed 001 §3.2-3.5); resumable.
 
+    --weak all (or a comma list) generates every setting in one pass: each image is loaded,
+    encoded and detected once for all of them, and one file per setting is written,
+    identical to separate runs. A weak file whose images carry different kinds is generated
+    in one call, each image by its own kind (--weak-file F, or --weak mixed --weak-file F).
     Parts are written as they finish; re-running the same command after an interruption
     continues where it stopped. Under torchrun every rank takes its own parts and rank 0
-    writes the file.
+    writes the files.
     """
-    import torch.distributed as dist
-
-    from pseudolabel.distributed import init_from_env, is_main
-    from pseudolabel.stages.generate import GenerateOptions
-    from pseudolabel.stages.generate import generate as run_generate
+    from pseudolabel.config import load_config
+    from pseudolabel.stages.generate import GenerateOptions, generate_many
 
     parsed = _parse_shard(shard)
     try:
-        multi = init_from_env()
-        if multi and parsed:
+        cfg = load_config(config)
+        cfg_rt = _runtime(device, precision, cfg)
+        if cfg_rt.distributed and parsed:
             _fail("--shard and torchrun both split the work; use one of them")
-        data, run_dir, weak_file, teachers, detector, dsha = _generate_setup(
-            weak, weak_file, run_dir, config, refine, zero_shot)
-        opts = GenerateOptions(weak, refine=refine, zero_shot=zero_shot,
-                               samrefiner=samrefiner, part_size=part_size, workers=workers)
-        if multi:
-            part = (dist.get_rank(), dist.get_world_size())
-        else:
-            part = parsed or (0, 1)
-        summary = run_generate(weak_file, data.images, run_dir, opts, teachers, detector,
-                               detector_sha=dsha, out_path=out, shard=part,
-                               merge=parsed is None and is_main(), progress=is_main(),
-                               barrier=dist.barrier if multi else None)
+        opts = GenerateOptions(weak or "", refine=refine, zero_shot=zero_shot,
+                               samrefiner=samrefiner, part_size=part_size, workers=workers,
+                               encode_batch=encode_batch)
+        data, jobs, teachers, detector, dsha = _generate_setup(
+            cfg, weak, weak_file, run_dir, out, opts, cfg_rt)
+        part = (cfg_rt.rank, cfg_rt.world_size) if cfg_rt.distributed else (parsed or (0, 1))
+        summaries = generate_many(jobs, data.images, teachers, detector, detector_sha=dsha,
+                                  shard=part, merge=parsed is None and cfg_rt.is_main,
+                                  progress=cfg_rt.is_main,
+                                  barrier=cfg_rt.barrier if cfg_rt.distributed else None)
     except ValueError as exc:
         _fail(str(exc))
-    if not is_main():
+    if not cfg_rt.is_main:
         return
-    if "out" not in summary:
-        typer.echo(f"shard {summary['shard']} done: parts in {summary['parts_dir']}; run "
-                   f"pseudolabel merge --weak {weak} when every shard has finished")
-        return
-    typer.echo(f"{summary['pseudo_masks']} pseudo-masks ({summary['empty_dropped']} empty "
-               f"dropped), {summary['gt_masks']} GT masks")
-    typer.echo(f"consistency: {summary['point_outside_mask']} point outside its mask, "
-               f"{summary['mostly_outside_box']} more than half outside the prompt box, "
-               f"{summary['class_not_in_tags']} class not among the image tags")
-    typer.echo(f"wrote {summary['out']}")
+    for summary in summaries:
+        if "out" not in summary:
+            typer.echo(f"{summary['setting']}: shard {summary['shard']} done, parts in "
+                       f"{summary['parts_dir']}; run pseudolabel merge with the same --weak "
+                       "when every shard has finished")
+            continue
+        typer.echo(f"{summary['setting']}: {summary['pseudo_masks']} pseudo-masks "
+                   f"({summary['empty_dropped']} empty dropped), {summary['gt_masks']} GT masks")
+        typer.echo(f"  consistency: {summary['point_outside_mask']} point outside its mask, "
+                   f"{summary['mostly_outside_box']} more than half outside the prompt box, "
+                   f"{summary['class_not_in_tags']} class not among the image tags")
+        typer.echo(f"wrote {summary['out']}")
 
 
 @app.command()
 def merge(
-    weak: Annotated[str, typer.Option(help=WEAK_HELP)],
+    weak: WeakListOpt = None,
     weak_file: WeakFileOpt = None,
     run_dir: RunDirOpt = None,
     out: PseudoOutOpt = None,
@@ -392,22 +445,27 @@ def merge(
     part_size: Annotated[int, typer.Option(help="As given to generate.")] = 16,
     config: ConfigOpt = None,
 ) -> None:
-    """Merge the parts of sharded generate jobs (generate --shard i/n) into one file."""
-    from pseudolabel.stages.generate import GenerateOptions
-    from pseudolabel.stages.generate import generate as run_generate
+    """Merge the parts of sharded generate jobs (generate --shard i/n) into the files.
+
+    Loads no model: the parts are found by the teachers' and detector's file hashes.
+    """
+    from pseudolabel.config import load_config
+    from pseudolabel.runtime import CPU
+    from pseudolabel.stages.generate import GenerateOptions, generate_many
 
     try:
-        data, run_dir, weak_file, teachers, detector, dsha = _generate_setup(
-            weak, weak_file, run_dir, config, refine, zero_shot)
-        opts = GenerateOptions(weak, refine=refine, zero_shot=zero_shot,
+        opts = GenerateOptions(weak or "", refine=refine, zero_shot=zero_shot,
                                samrefiner=samrefiner, part_size=part_size)
-        summary = run_generate(weak_file, data.images, run_dir, opts, teachers, None,
-                               detector_sha=dsha, out_path=out, shard=(0, 1), merge=True,
-                               progress=False, only_merge=True)
+        data, jobs, teachers, _, dsha = _generate_setup(load_config(config), weak, weak_file,
+                                                        run_dir, out, opts, CPU, weights=False)
+        summaries = generate_many(jobs, data.images, teachers, None, detector_sha=dsha,
+                                  merge=True, progress=False, only_merge=True)
     except ValueError as exc:
         _fail(str(exc))
-    typer.echo(f"{summary['pseudo_masks']} pseudo-masks, {summary['gt_masks']} GT masks")
-    typer.echo(f"wrote {summary['out']}")
+    for summary in summaries:
+        typer.echo(f"{summary['setting']}: {summary['pseudo_masks']} pseudo-masks, "
+                   f"{summary['gt_masks']} GT masks")
+        typer.echo(f"wrote {summary['out']}")
 
 
 @app.command()
@@ -442,9 +500,14 @@ def noise(
         "file of the variant).")] = "default",
     json_out: Annotated[Path | None, typer.Option("--json",
                                                   help="Write the summary as JSON.")] = None,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Noisy copies of a COCO file: COCO-N class + spatial noise, or COCO-WAN SAM masks."""
+    """Noisy copies of a COCO file: COCO-N class + spatial noise, or COCO-WAN SAM masks.
+
+    --device and --precision apply to --wan (SAM runs there).
+    """
     from pseudolabel.config import ensure_data, load_config
     from pseudolabel.stages.noise import noise_file, resolve_spec, wan_file
 
@@ -458,7 +521,7 @@ def noise(
             out = out if out is not None else cfg.run_dir / "noise" / f"wan-{wan}.json"
             summary = wan_file(gt, images if images is not None else data.images, out, wan,
                                sam_model=sam_model, checkpoint=sam_checkpoint, seed=seed,
-                               evaluate=evaluate)
+                               evaluate=evaluate, runtime=_runtime(device, precision, cfg))
         else:
             name, noise_spec = resolve_spec(level, spec)
             out = out if out is not None else cfg.run_dir / "noise" / f"{name}.json"
@@ -515,6 +578,8 @@ def refine(
                                           "(px) before merging.")] = 10,
     sam_model: SamModelOpt = "tiny",
     sam_checkpoint: SamCkptOpt = "default",
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Refine coarse masks with SAM (SAMRefiner, seed 002): prompts mined from each mask."""
@@ -527,7 +592,7 @@ def refine(
     try:
         cfg = load_config(config)
         images = images if images is not None else ensure_data(cfg).images
-        sam = load_refiner(sam_model, sam_checkpoint, adapter)
+        sam = load_refiner(sam_model, sam_checkpoint, adapter, _runtime(device, precision, cfg))
         if semantic is not None:
             out = out if out is not None else cfg.run_dir / "refined" / semantic.name
             summary = refine_semantic(semantic, images, out, sam, prompts=kinds, iters=iters,
@@ -561,6 +626,8 @@ def refine_adapt(
                           ] = None,
     sam_model: SamModelOpt = "tiny",
     sam_checkpoint: SamCkptOpt = "default",
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Train SAMRefiner++'s IoU adapter (seed 002 §3.3) on coarse masks, no annotation."""
@@ -568,9 +635,10 @@ def refine_adapt(
     from pseudolabel.stages.refine import adapt_iou, load_refiner
 
     try:
-        images = images if images is not None else ensure_data(load_config(config)).images
-        summary = adapt_iou(coarse, images, out, load_refiner(sam_model, sam_checkpoint),
-                            seed=seed, max_images=max_images)
+        cfg = load_config(config)
+        images = images if images is not None else ensure_data(cfg).images
+        sam = load_refiner(sam_model, sam_checkpoint, runtime=_runtime(device, precision, cfg))
+        summary = adapt_iou(coarse, images, out, sam, seed=seed, max_images=max_images)
     except ValueError as exc:
         _fail(str(exc))
     typer.echo(f"{summary['masks']} masks, {summary['steps']} steps, mean ranking loss "
@@ -597,6 +665,8 @@ def train_student(
         "eq. 1).")] = False,
     evaluate: Annotated[bool, typer.Option("--eval/--no-eval",
                                            help="Evaluate on the validation set.")] = True,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Train a student on GT + pseudo-masks and evaluate it (seed 001 §4.1); resumable.
@@ -615,6 +685,7 @@ def train_student(
         _fail("give exactly one of --weak W or --full")
     try:
         cfg = load_config(config)
+        rt = _runtime(device, precision, cfg)
         run_dir = run_dir if run_dir is not None else cfg.run_dir
         try:
             scfg = StudentConfig(**(cfg.raw.get("student") or {}))
@@ -635,13 +706,13 @@ def train_student(
         out_dir = run_dir / "student" / (f"{name}-{student}"
                                          + ("-quality" if quality_weighted else ""))
         summary = run_train(train_file, data.images, out_dir, scfg,
-                            quality_weighted=quality_weighted)
+                            quality_weighted=quality_weighted, runtime=rt)
         typer.echo(f"trained {summary['steps']} steps in {summary['seconds']:.0f} s "
                    f"(final loss {summary['final_loss']:.3f}); checkpoint in {out_dir}")
         if evaluate:
             full_metrics = run_dir / "student" / f"full-{student}" / "metrics.json"
             m = evaluate_student(out_dir, data.val, data.images,
-                                 full_metrics=None if full else full_metrics)
+                                 full_metrics=None if full else full_metrics, runtime=rt)
             typer.echo(_format_ap("mask", m["segm"]))
             typer.echo(_format_ap("boundary", m["boundary"]))
             if m.get("AP_percent_of_full") is not None:

@@ -73,6 +73,16 @@ class Config:
     teacher: TeacherTraining = field(default_factory=TeacherTraining)
     raw: dict = field(default_factory=dict)
 
+    @property
+    def runtime(self) -> dict:
+        """The ``runtime:`` block (``device``, ``precision``); flags override it."""
+        block = self.raw.get("runtime") or {}
+        unknown = set(block) - {"device", "precision"}
+        if unknown:
+            raise ValueError(f"runtime: unknown keys {sorted(unknown)}; expected device, "
+                             "precision")
+        return block
+
 
 def synthetic_paths(root: Path) -> DataPaths:
     return DataPaths(root / "annotations/train.json", root / "annotations/val.json",

@@ -1,6 +1,8 @@
 """Pre-train the synthetic "foundation" models on the source world and export them.
 
     python scripts/pretrain_synthetic_foundation.py sam   --steps 3000 --work runs/pretrain
+    python scripts/pretrain_synthetic_foundation.py sam   --sam-model tiny_hr \
+        --init pseudolabel/assets/sam_tiny.safetensors --steps 8000 --work runs/pretrain_hr
     python scripts/pretrain_synthetic_foundation.py gdino --steps 6000 --work runs/pretrain
     python scripts/pretrain_synthetic_foundation.py export --work runs/pretrain
 
@@ -42,11 +44,18 @@ def _val(work: Path) -> Path:
 
 
 def run_sam(args) -> None:
+    from pseudolabel.models.checkpoints import load_state_dict
+    from pseudolabel.models.sam import warm_start_from_plain
     from pseudolabel.pretrain.sam import SamPretrainConfig, train_step
 
-    cfg = SamPretrainConfig(steps=args.steps, seed=args.seed, data_seed=args.data_seed)
+    cfg = SamPretrainConfig(steps=args.steps, seed=args.seed, data_seed=args.data_seed,
+                            sam_model=args.sam_model, init=args.init,
+                            **({"warmup": args.warmup} if args.warmup is not None else {}))
     torch.manual_seed(cfg.seed)
-    predictor = PromptedSam(build_sam("tiny"))
+    sam = build_sam(cfg.sam_model)
+    if cfg.init:
+        warm_start_from_plain(sam, load_state_dict(cfg.init))
+    predictor = PromptedSam(sam)
     predictor.sam.train()
     opt = torch.optim.AdamW(predictor.sam.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     out = args.work / "sam"
@@ -85,20 +94,25 @@ def run_export(args) -> None:
                                 f"{torch.get_num_threads()} threads, no GPU",
                      "eval": "target synthetic val (pseudolabel synth defaults, seed 0), "
                              "zero-shot"})
-    for name, file in (("sam", "sam_tiny.safetensors"), ("gdino", "gdino_tiny.safetensors")):
+    for name in ("sam", "gdino"):
         state_file = args.work / name / "state.pt"
         if not state_file.is_file():
             print(f"skipping {name}: {state_file} not found", file=sys.stderr)
             continue
         state = torch.load(state_file, map_location="cpu", weights_only=True)
-        save_safetensors(ASSETS / file, state["model"])
         cfg = json.loads((args.work / name / "config.json").read_text())
+        sam_model = cfg.get("sam_model", "tiny")
+        file = f"sam_{sam_model}.safetensors" if name == "sam" else "gdino_tiny.safetensors"
+        save_safetensors(ASSETS / file, state["model"])
         history = state["history"]
         entry = {
             "file": file, "sha256": _sha256(ASSETS / file),
             "command": f"python scripts/pretrain_synthetic_foundation.py {name} "
                        f"--steps {cfg['steps']} --seed {cfg['seed']} "
-                       f"--data-seed {cfg['data_seed']}",
+                       f"--data-seed {cfg['data_seed']}"
+                       + (f" --sam-model {sam_model}" if name == "sam" else "")
+                       + (f" --init {cfg['init']}" if cfg.get("init") else "")
+                       + (f" --warmup {cfg['warmup']}" if name == "sam" else ""),
             "config": cfg, "steps": state["step"],
             "training_note": args.note.get(name, ""),
             "train_seconds": round(state["seconds"], 1),
@@ -109,7 +123,8 @@ def run_export(args) -> None:
         t = time.perf_counter()
         subset = [img["id"] for img in gt.images[:SUBSET]]
         if name == "sam":
-            predictor = PromptedSam(build_sam("tiny", checkpoint=ASSETS / file))
+            entry["sam_model"] = sam_model
+            predictor = PromptedSam(build_sam(sam_model, checkpoint=ASSETS / file))
             entry["metrics"] = teacher_miou(predictor, gt, val_root / "images")
             entry["metrics_subset"] = teacher_miou(predictor, gt, val_root / "images",
                                                    image_ids=subset, progress=False)
@@ -136,6 +151,10 @@ def main() -> None:
     ap.add_argument("--data-seed", type=int, default=1000)
     ap.add_argument("--note", type=json.loads, default={},
                     help='export: JSON {"sam": "...", "gdino": "..."} on how each was trained')
+    ap.add_argument("--sam-model", default="tiny", help="sam: tiny or tiny_hr")
+    ap.add_argument("--init", default=None,
+                    help="sam: warm-start from a plain tiny SAM's weights (tiny_hr)")
+    ap.add_argument("--warmup", type=int, default=None, help="sam: warm-up steps")
     ap.add_argument("--stop-after", type=int, default=None,
                     help="stop this run after N steps (resume later with the same command)")
     args = ap.parse_args()

@@ -8,6 +8,11 @@
   offsets of the fast tokenizer), never from decoded phrase strings.
 * Output per image: ``Instances`` with XYXY boxes in original pixels, confidences, category
   ids, and ``class_scores`` (N x K over the label space given).
+* An image's detections do not depend on the images beside it (padding changes what the
+  backbone and the text encoder compute): a forward batches prompts of one token length, and
+  either pads every image to one fixed canvas (``pad_size``; the tiny model, whose training
+  batches were padded to its 160 x 160 canvas) or batches only images of one size.
+* The model runs on ``runtime.device`` under its autocast; scores and boxes leave it in fp32.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from transformers import (
 from pseudolabel.data.instances import Instances
 from pseudolabel.models.checkpoints import load_state_dict, load_weights
 from pseudolabel.models.registry import Registry
+from pseudolabel.runtime import CPU, Runtime
 
 DETECTORS = Registry("detector")
 BOX_THRESHOLD = 0.3  # seed 001 §4.1: confidence threshold for the none / class settings
@@ -51,8 +57,11 @@ class GroundingDino:
     """Open-vocabulary box detector over a label space of class names."""
 
     def __init__(self, model: GroundingDinoForObjectDetection, image_processor,
-                 tokenizer, *, max_text_len: int | None = None, batch_size: int = 8) -> None:
-        self.model = model.eval()
+                 tokenizer, *, max_text_len: int | None = None, batch_size: int = 8,
+                 pad_size: tuple[int, int] | None = None, runtime: Runtime = CPU) -> None:
+        self.runtime = runtime
+        self.pad_size = pad_size
+        self.model = model.eval().to(runtime.device)
         self.image_processor = image_processor
         self.tokenizer = tokenizer
         self.max_text_len = max_text_len or model.config.max_text_len
@@ -60,7 +69,7 @@ class GroundingDino:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return self.runtime.device
 
     # -- prompts ---------------------------------------------------------------------------
     def _token_count(self, name: str) -> int:
@@ -121,19 +130,24 @@ class GroundingDino:
     def _forward(self, images: list[np.ndarray], prompts: list[TextPrompt], num_classes: int
                  ) -> list[tuple[np.ndarray, np.ndarray]]:
         """Boxes (Q, 4) XYXY pixels and class scores (Q, K) for each image/prompt pair."""
-        pix = self.image_processor(images=images, return_tensors="pt")
+        pad = {"pad_size": {"height": self.pad_size[0], "width": self.pad_size[1]}} \
+            if self.pad_size else {}
+        pix = self.image_processor(images=images, return_tensors="pt", **pad)
         text = self.tokenizer([p.text for p in prompts], padding="longest", return_tensors="pt")
-        out = self.model(pixel_values=pix["pixel_values"].to(self.device),
-                         pixel_mask=pix["pixel_mask"].to(self.device),
-                         input_ids=text["input_ids"].to(self.device),
-                         attention_mask=text["attention_mask"].to(self.device),
-                         token_type_ids=text.get("token_type_ids", torch.zeros_like(
-                             text["input_ids"])).to(self.device))
-        probs = out.logits.sigmoid().cpu()
+        dev = self.device
+        with self.runtime.autocast():
+            out = self.model(pixel_values=pix["pixel_values"].to(dev),
+                             pixel_mask=pix["pixel_mask"].to(dev),
+                             input_ids=text["input_ids"].to(dev),
+                             attention_mask=text["attention_mask"].to(dev),
+                             token_type_ids=text.get("token_type_ids", torch.zeros_like(
+                                 text["input_ids"])).to(dev))
+        probs = out.logits.float().sigmoid().cpu()
+        pred_boxes = out.pred_boxes.float().cpu()
         results = []
         for b, (image, prompt) in enumerate(zip(images, prompts, strict=True)):
             h, w = image.shape[:2]
-            cx, cy, bw, bh = out.pred_boxes[b].cpu().unbind(-1)
+            cx, cy, bw, bh = pred_boxes[b].unbind(-1)
             boxes = torch.stack([(cx - bw / 2) * w, (cy - bh / 2) * h,
                                  (cx + bw / 2) * w, (cy + bh / 2) * h], dim=-1)
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
@@ -175,31 +189,59 @@ class GroundingDino:
         rounds = max((len(p) for p in per_image), default=0)
         for r in range(rounds):  # round r runs the r-th prompt of every image that has one
             todo = [i for i, p in enumerate(per_image) if len(p) > r]
-            for s in range(0, len(todo), self.batch_size):
-                batch = todo[s: s + self.batch_size]
+            for batch in self._batches(images, [per_image[i][r] for i in todo], todo):
                 outs = self._forward([images[i] for i in batch], [per_image[i][r] for i in batch],
                                      len(category_ids))
                 for i, (b, sc) in zip(batch, outs, strict=True):
                     boxes[i].append(b)
                     scores[i].append(sc)
-        return [self._filter(images[i].shape[:2], boxes[i], scores[i], category_ids,
-                             box_threshold, nms_iou) for i in range(len(images))]
-
-    @staticmethod
-    def _filter(size, boxes, scores, category_ids, box_threshold, nms_iou) -> Instances:
         k = len(category_ids)
-        if not boxes:
-            return Instances(size, np.zeros((0, 4)), np.zeros(0), class_scores=np.zeros((0, k)))
-        b = torch.as_tensor(np.concatenate(boxes))
-        sc = torch.as_tensor(np.concatenate(scores))
-        conf, col = sc.max(dim=1)
-        keep = torch.nonzero(conf >= box_threshold).squeeze(1)
-        if nms_iou is not None and len(keep):
-            keep = keep[nms(b[keep], conf[keep], nms_iou)]
-        keep = keep[conf[keep].argsort(descending=True)]
-        labels = np.asarray(category_ids)[col[keep].numpy()]
-        return Instances(size, b[keep].numpy(), labels, scores=conf[keep].numpy(),
-                         class_scores=sc[keep].numpy())
+        out = []
+        for i, image in enumerate(images):
+            if boxes[i]:
+                raw = _sorted_instances(image.shape[:2], np.concatenate(boxes[i]),
+                                        np.concatenate(scores[i]), category_ids)
+            else:
+                raw = Instances(image.shape[:2], np.zeros((0, 4)), np.zeros(0),
+                                scores=np.zeros(0), class_scores=np.zeros((0, k)))
+            out.append(filter_detections(raw, box_threshold, nms_iou))
+        return out
+
+    def _batches(self, images, prompts: list[TextPrompt], todo: list[int]) -> list[list[int]]:
+        """``todo`` in batches of at most ``batch_size`` images whose prompts have one token
+        length, and of one size unless every image is padded to ``pad_size``, so a batch
+        computes what single images would."""
+        groups: dict[tuple, list[int]] = {}
+        for i, prompt in zip(todo, prompts, strict=True):
+            size = None if self.pad_size else images[i].shape[:2]
+            key = (size, len(self.tokenizer(prompt.text)["input_ids"]))
+            groups.setdefault(key, []).append(i)
+        return [g[s: s + self.batch_size] for g in groups.values()
+                for s in range(0, len(g), self.batch_size)]
+
+
+def _sorted_instances(size, boxes: np.ndarray, scores: np.ndarray,
+                      category_ids: list[int]) -> Instances:
+    """Every query of every prompt, best class per box, by confidence (stable order)."""
+    conf = scores.max(axis=1)
+    col = scores.argmax(axis=1)
+    order = np.argsort(-conf, kind="stable")
+    return Instances(size, boxes[order], np.asarray(category_ids)[col[order]],
+                     scores=conf[order], class_scores=scores[order])
+
+
+def filter_detections(raw: Instances, box_threshold: float, nms_iou: float | None
+                      ) -> Instances:
+    """Seed 001 §4.1's filters on unfiltered detections (sorted by confidence): keep boxes
+    whose best class score is at least ``box_threshold``, then class-agnostic NMS at
+    ``nms_iou`` (``None``: no NMS). ``GroundingDino.detect`` returns exactly this, so a caller
+    holding unfiltered detections can filter them for several settings."""
+    keep = np.flatnonzero(raw.scores >= box_threshold)
+    if nms_iou is not None and len(keep):
+        kept = nms(torch.as_tensor(raw.boxes_xyxy[keep], dtype=torch.float32),
+                   torch.as_tensor(raw.scores[keep], dtype=torch.float32), nms_iou)
+        keep = np.sort(keep[kept.numpy()])  # back in confidence order
+    return raw[keep]
 
 
 # -- builders --------------------------------------------------------------------------------
@@ -284,7 +326,8 @@ def tiny_config(vocab_size: int, max_text_len: int = 256) -> GroundingDinoConfig
 
 @DETECTORS.register("tiny")
 def build_grounding_dino_tiny(*, checkpoint: str | Path | None = None,
-                              words: tuple[str, ...] = ()) -> GroundingDino:
+                              words: tuple[str, ...] = (), runtime: Runtime = CPU
+                              ) -> GroundingDino:
     """Tiny Grounding DINO (seeded random init unless ``checkpoint``) for the synthetic world.
 
     ``words`` are whole-word vocabulary entries (the synthetic class names); other words are
@@ -299,10 +342,10 @@ def build_grounding_dino_tiny(*, checkpoint: str | Path | None = None,
     if checkpoint is not None:
         load_weights(model, load_state_dict(checkpoint), str(checkpoint))
     processor = GroundingDinoImageProcessor(size={"shortest_edge": 160, "longest_edge": 160})
-    return GroundingDino(model, processor, tokenizer)
+    return GroundingDino(model, processor, tokenizer, pad_size=(160, 160), runtime=runtime)
 
 
-def build_grounding_dino_hf(name_or_dir: str) -> GroundingDino:
+def build_grounding_dino_hf(name_or_dir: str, runtime: Runtime = CPU) -> GroundingDino:
     """Grounding DINO from a hub id (``IDEA-Research/grounding-dino-base``) or a local folder."""
     from transformers import AutoProcessor
 
@@ -315,11 +358,13 @@ def build_grounding_dino_hf(name_or_dir: str) -> GroundingDino:
             "Offline, download the model folder elsewhere (config.json, model weights, "
             "tokenizer and preprocessor files) and pass --detector PATH."
         ) from None
-    return GroundingDino(model, processor.image_processor, processor.tokenizer)
+    return GroundingDino(model, processor.image_processor, processor.tokenizer, runtime=runtime)
 
 
-def build_detector(name: str, *, checkpoint: str | Path | None = None) -> GroundingDino:
-    """``tiny`` or a hub id / local folder of a transformers Grounding DINO."""
+def build_detector(name: str, *, checkpoint: str | Path | None = None,
+                   runtime: Runtime = CPU) -> GroundingDino:
+    """``tiny`` or a hub id / local folder of a transformers Grounding DINO, on the runtime's
+    device."""
     if name in DETECTORS:
-        return DETECTORS.get(name)(checkpoint=checkpoint)
-    return build_grounding_dino_hf(name)
+        return DETECTORS.get(name)(checkpoint=checkpoint, runtime=runtime)
+    return build_grounding_dino_hf(name, runtime)

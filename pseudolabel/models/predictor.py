@@ -18,6 +18,7 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from pseudolabel.models.class_aware import ClassAwarePromptEncoder
+from pseudolabel.runtime import CPU, Runtime
 
 
 def pixel_centre_to_sam(points_xy: np.ndarray) -> np.ndarray:
@@ -57,10 +58,15 @@ class Decoded:
     low_res_logits: torch.Tensor
     logits: torch.Tensor | None = None  # (N, M, H, W) float, with ``decode(keep_logits=True)``
 
+    def cpu(self) -> Decoded:
+        """Every field on the host, moved in one go (once per image, not per prompt)."""
+        return Decoded(self.masks.cpu(), self.iou_predictions.cpu(), self.low_res_logits.cpu(),
+                       None if self.logits is None else self.logits.cpu())
+
     def best(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The mask with the highest predicted IoU per prompt: ``(N, H, W)`` and ``(N,)``."""
         idx = self.iou_predictions.argmax(dim=1)
-        rows = torch.arange(len(idx))
+        rows = torch.arange(len(idx), device=idx.device)
         return self.masks[rows, idx], self.iou_predictions[rows, idx]
 
 
@@ -71,9 +77,42 @@ class Decoded:
 CPU_DECODE_CHUNK_BYTES = 12 * 2**20
 # The encoder's global-attention blocks hold a (heads, tokens, tokens) matrix plus SAM's
 # decomposed relative-position terms per image: at 1024 px (4,096 tokens) eight ViT-B images
-# in one forward took 20 GB here. Images are encoded in groups whose token count stays under
-# this cap (one 1024-px image, ten 160-px tiny-SAM images); a lone image is never split.
+# in one forward took 20 GB here. On a CPU, images are encoded in groups whose token count
+# stays under this cap (one 1024-px image, ten 160-px tiny-SAM images); a lone image is never
+# split. On a GPU the caller's batch goes through in one forward.
 ENCODE_CHUNK_TOKENS = 64 * 64
+
+
+def encoder_tokens(sam: Sam) -> int:
+    """Tokens per image of the encoder's attention blocks (its patch grid)."""
+    enc = sam.image_encoder
+    tokens = getattr(enc, "attention_tokens", None)
+    if tokens is not None:
+        return int(tokens)
+    stride = enc.patch_embed.proj.stride[0]
+    return (enc.img_size // stride) ** 2
+
+
+@dataclass
+class PreparedImage:
+    """An image resized for SAM on the host (loader threads do this ahead of the model):
+    ``pixels`` ``(3, h, w)`` float32, longest side ``img_size``, not normalised or padded."""
+
+    pixels: torch.Tensor
+    original_size: tuple[int, int]
+
+
+def prepare_image(image: np.ndarray, target_length: int, pin_memory: bool = False
+                  ) -> PreparedImage:
+    """``(H, W, 3)`` uint8 RGB -> :class:`PreparedImage` (bilinear, antialiased, as SAM)."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    # Not ResizeLongestSide.apply_image_torch: segment_anything 1.0 sizes its output from
+    # shape[0], shape[1] of the BCHW tensor (batch, channels), not (H, W).
+    size = ResizeLongestSide.get_preprocess_shape(image.shape[0], image.shape[1], target_length)
+    x = F.interpolate(x, size, mode="bilinear", align_corners=False, antialias=True)[0]
+    return PreparedImage(x.pin_memory() if pin_memory else x, tuple(image.shape[:2]))
 
 
 class PromptedSam:
@@ -81,61 +120,70 @@ class PromptedSam:
 
     ``class_embeddings`` is a ``(K, D)`` table of text embeddings; ``class_ids`` passed to
     ``decode`` index its rows. Without a class-aware encoder, class ids are an error.
-    ``decode_chunk`` caps the prompts per decoder call (default: sized to
-    ``CPU_DECODE_CHUNK_BYTES`` on a CPU, unlimited on a GPU); ``encode_chunk`` caps the
-    images per encoder forward (default: ``ENCODE_CHUNK_TOKENS`` worth of patch tokens).
+    The models are moved to ``runtime.device`` once, here; forwards run under the runtime's
+    autocast and return fp32. ``decode_chunk`` caps the prompts per decoder call (default:
+    sized to ``CPU_DECODE_CHUNK_BYTES`` on a CPU, unlimited on a GPU); ``encode_chunk`` caps
+    the images per encoder forward (default: ``ENCODE_CHUNK_TOKENS`` worth of patch tokens on
+    a CPU, unlimited on a GPU, where the caller's batch is the forward's).
     """
 
     def __init__(self, sam: Sam, class_encoder: ClassAwarePromptEncoder | None = None,
                  class_embeddings: torch.Tensor | None = None,
-                 decode_chunk: int | None = None, encode_chunk: int | None = None) -> None:
-        self.sam = sam
-        self.class_encoder = class_encoder
-        self.class_embeddings = class_embeddings
+                 decode_chunk: int | None = None, encode_chunk: int | None = None,
+                 runtime: Runtime = CPU) -> None:
+        self.runtime = runtime
+        self.sam = sam.to(runtime.device)
+        self.class_encoder = class_encoder.to(runtime.device) if class_encoder else None
+        self.class_embeddings = (class_embeddings.to(runtime.device)
+                                 if class_embeddings is not None else None)
         self.transform = ResizeLongestSide(sam.image_encoder.img_size)
-        if decode_chunk is None:
+        on_cpu = runtime.device.type == "cpu"
+        if decode_chunk is None and on_cpu:
             c = sam.prompt_encoder.embed_dim
             h, w = sam.prompt_encoder.image_embedding_size
             decode_chunk = max(1, CPU_DECODE_CHUNK_BYTES // (4 * c * h * w))
         self.decode_chunk = decode_chunk
-        if encode_chunk is None:
-            size = sam.image_encoder.img_size // sam.image_encoder.patch_embed.proj.stride[0]
-            encode_chunk = max(1, ENCODE_CHUNK_TOKENS // (size * size))
+        if encode_chunk is None and on_cpu:
+            encode_chunk = max(1, ENCODE_CHUNK_TOKENS // encoder_tokens(sam))
         self.encode_chunk = encode_chunk
 
     @property
     def device(self) -> torch.device:
-        return self.sam.device
+        return self.runtime.device
 
     @property
     def low_res_size(self) -> int:
         return 4 * self.sam.prompt_encoder.image_embedding_size[0]
 
-    def preprocess(self, images: list[np.ndarray]) -> tuple[torch.Tensor, list, list]:
-        """``(H, W, 3)`` uint8 RGB images -> ``(B, 3, S, S)`` normalised, padded input."""
+    def prepare(self, image: np.ndarray) -> PreparedImage:
+        """Host-side resize of one image (thread-safe; loader threads call it)."""
+        return prepare_image(image, self.transform.target_length,
+                             pin_memory=self.device.type == "cuda")
+
+    def preprocess(self, images: list) -> tuple[torch.Tensor, list, list]:
+        """Images (``(H, W, 3)`` uint8 arrays or :class:`PreparedImage`) -> ``(B, 3, S, S)``
+        normalised, padded input on the device."""
         batch, originals, inputs = [], [], []
         for image in images:
-            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-                raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} "
-                                 f"{image.dtype}")
-            x = torch.as_tensor(image, device=self.device).permute(2, 0, 1)[None].float()
-            # Not ResizeLongestSide.apply_image_torch: segment_anything 1.0 sizes its output
-            # from shape[0], shape[1] of the BCHW tensor (batch, channels), not (H, W).
-            size = self.transform.get_preprocess_shape(image.shape[0], image.shape[1],
-                                                       self.transform.target_length)
-            x = F.interpolate(x, size, mode="bilinear", align_corners=False, antialias=True)
-            originals.append(tuple(image.shape[:2]))
+            prepared = image if isinstance(image, PreparedImage) else self.prepare(image)
+            x = prepared.pixels.to(self.device, non_blocking=True)
+            originals.append(prepared.original_size)
             inputs.append(tuple(x.shape[-2:]))
-            batch.append(self.sam.preprocess(x[0]))
+            batch.append(self.sam.preprocess(x))
         return torch.stack(batch), originals, inputs
 
+    def encode_tensors(self, x: torch.Tensor) -> torch.Tensor:
+        """The image encoder on a preprocessed batch, under autocast; fp32 out."""
+        chunk = self.encode_chunk or len(x)
+        with self.runtime.autocast():
+            out = [self.sam.image_encoder(x[s: s + chunk]) for s in range(0, len(x), chunk)]
+        return torch.cat(out).float()
+
     @torch.no_grad()
-    def encode(self, images: list[np.ndarray]) -> ImageEmbeddings:
+    def encode(self, images: list) -> ImageEmbeddings:
         """Run the image encoder once on a batch of images (in ``encode_chunk`` groups)."""
         x, originals, inputs = self.preprocess(images)
-        out = [self.sam.image_encoder(x[s: s + self.encode_chunk])
-               for s in range(0, len(x), self.encode_chunk)]
-        return ImageEmbeddings(torch.cat(out), originals, inputs)
+        return ImageEmbeddings(self.encode_tensors(x), originals, inputs)
 
     def prompt_tensors(self, original_size, points_xy=None, point_labels=None, boxes_xyxy=None):
         """Resize prompt coordinates to the model input; returns torch tensors or None."""
@@ -157,11 +205,18 @@ class PromptedSam:
 
     def decode_tensors(self, embedding: torch.Tensor, points, boxes, mask_logits, class_ids,
                        multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Differentiable decode of N prompts -> low-res logits and IoU predictions.
+        """Differentiable decode of N prompts -> low-res logits and IoU predictions (fp32).
 
         ``embedding`` is ``(1, C, h, w)`` (N prompts of one image) or ``(N, C, h, w)`` (one
-        embedding per prompt).
+        embedding per prompt). The prompt encoder and mask decoder run under the runtime's
+        autocast.
         """
+        with self.runtime.autocast():
+            logits, iou = self._decode_autocast(embedding, points, boxes, mask_logits,
+                                                class_ids, multimask)
+        return logits.float(), iou.float()
+
+    def _decode_autocast(self, embedding, points, boxes, mask_logits, class_ids, multimask):
         if class_ids is not None:
             if self.class_encoder is None or self.class_embeddings is None:
                 raise ValueError("class_ids need a class-aware prompt encoder and class "
@@ -229,12 +284,12 @@ class PromptedSam:
             mask_logits = torch.as_tensor(mask_logits, dtype=torch.float32, device=self.device)
         if n == 0:
             h, w = original
-            m = 3 if multimask else 1
-            return Decoded(torch.zeros((0, m, h, w), dtype=torch.bool),
-                           torch.zeros((0, m)),
-                           torch.zeros((0, m, self.low_res_size, self.low_res_size)),
-                           torch.zeros((0, m, h, w)) if keep_logits else None)
-        chunk = n if self.device.type == "cuda" else self.decode_chunk
+            m, low, dev = 3 if multimask else 1, self.low_res_size, self.device
+            return Decoded(torch.zeros((0, m, h, w), dtype=torch.bool, device=dev),
+                           torch.zeros((0, m), device=dev),
+                           torch.zeros((0, m, low, low), device=dev),
+                           torch.zeros((0, m, h, w), device=dev) if keep_logits else None)
+        chunk = self.decode_chunk or n
         image = embeddings.embeddings.to(self.device)
         parts = []
         for s in range(0, n, chunk):
@@ -246,6 +301,7 @@ class PromptedSam:
                 None if mask_logits is None else mask_logits[sl],
                 None if class_ids is None else np.asarray(class_ids)[sl],
                 multimask)
+            # fp32 from here: upsampling and the threshold never see reduced precision
             logits = self.sam.postprocess_masks(low_res, input_size, original)
             parts.append((logits > self.sam.mask_threshold, iou, low_res,
                           logits if keep_logits else None))

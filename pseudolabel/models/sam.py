@@ -20,6 +20,7 @@ from segment_anything.modeling import (
 )
 
 from pseudolabel.models.checkpoints import fetch_to_cache, load_state_dict, load_weights
+from pseudolabel.models.hybrid_encoder import HybridImageEncoder
 from pseudolabel.models.registry import Registry
 
 SAM_MODELS = Registry("SAM model")
@@ -35,6 +36,7 @@ SAM_PIXEL_STD = (58.395, 57.12, 57.375)
 
 def _build_sam(
     *,
+    hybrid_width: int | None = None,
     encoder_embed_dim: int,
     encoder_depth: int,
     encoder_num_heads: int,
@@ -49,22 +51,24 @@ def _build_sam(
     iou_head_hidden_dim: int = 256,
     checkpoint: str | Path | None = None,
 ) -> Sam:
-    embedding_size = image_size // patch_size
+    embedding_size = image_size // patch_size * (2 if hybrid_width else 1)
+    vit = ImageEncoderViT(
+        depth=encoder_depth,
+        embed_dim=encoder_embed_dim,
+        img_size=image_size,
+        mlp_ratio=4,
+        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+        num_heads=encoder_num_heads,
+        patch_size=patch_size,
+        qkv_bias=True,
+        use_rel_pos=True,
+        global_attn_indexes=encoder_global_attn_indexes,
+        window_size=window_size,
+        out_chans=prompt_embed_dim,
+    )
     sam = Sam(
-        image_encoder=ImageEncoderViT(
-            depth=encoder_depth,
-            embed_dim=encoder_embed_dim,
-            img_size=image_size,
-            mlp_ratio=4,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            num_heads=encoder_num_heads,
-            patch_size=patch_size,
-            qkv_bias=True,
-            use_rel_pos=True,
-            global_attn_indexes=encoder_global_attn_indexes,
-            window_size=window_size,
-            out_chans=prompt_embed_dim,
-        ),
+        image_encoder=HybridImageEncoder(vit, prompt_embed_dim, hybrid_width)
+        if hybrid_width else vit,
         prompt_encoder=PromptEncoder(
             embed_dim=prompt_embed_dim,
             image_embedding_size=(embedding_size, embedding_size),
@@ -138,6 +142,36 @@ def build_sam_tiny(*, checkpoint: str | Path | None = None, pretrained: bool = T
                       decoder_num_heads=4, iou_head_hidden_dim=64, checkpoint=checkpoint)
 
 
+@SAM_MODELS.register("tiny_hr")
+def build_sam_tiny_hr(*, checkpoint: str | Path | None = None, pretrained: bool = True) -> Sam:
+    """The tiny SAM with a stride-4 convolutional detail path beside its ViT
+    (``HybridImageEncoder``): 40 x 40 embedding, 160 x 160 logits, for objects of 8-80 px.
+
+    ``checkpoint=None`` gives seeded random weights.
+    """
+    del pretrained
+    if checkpoint is None:
+        torch.manual_seed(0)
+    return _build_sam(encoder_embed_dim=96, encoder_depth=4, encoder_num_heads=4,
+                      encoder_global_attn_indexes=(1, 3), image_size=160, patch_size=8,
+                      window_size=10, prompt_embed_dim=64, decoder_mlp_dim=256,
+                      decoder_num_heads=4, iou_head_hidden_dim=64, hybrid_width=48,
+                      checkpoint=checkpoint)
+
+
+def warm_start_from_plain(sam: Sam, plain_state: dict[str, torch.Tensor]) -> None:
+    """Load a plain tiny SAM's weights into a ``tiny_hr`` SAM: its ViT, prompt encoder and
+    mask decoder (grid-size free); the detail path keeps its initialisation."""
+    state = {("image_encoder.vit." + k.removeprefix("image_encoder.")
+              if k.startswith("image_encoder.") else k): v for k, v in plain_state.items()}
+    result = sam.load_state_dict(state, strict=False)
+    foreign = [k for k in result.missing_keys if not k.startswith(
+        ("image_encoder.stem", "image_encoder.blocks", "image_encoder.fuse"))]
+    if result.unexpected_keys or foreign:
+        raise ValueError(f"warm start: missing {foreign}, unexpected {result.unexpected_keys}")
+
+
 def build_sam(name: str, *, checkpoint: str | Path | None = None, pretrained: bool = True) -> Sam:
-    """Build a registered SAM variant (``vit_h``, ``vit_l``, ``vit_b``, ``tiny``)."""
+    """Build a registered SAM variant (``vit_h``, ``vit_l``, ``vit_b``, ``tiny``,
+    ``tiny_hr``)."""
     return SAM_MODELS.get(name)(checkpoint=checkpoint, pretrained=pretrained)

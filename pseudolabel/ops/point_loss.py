@@ -18,6 +18,14 @@ WEIGHT_CE = 5.0
 WEIGHT_DICE = 5.0
 
 
+def rand_like_device(shape, generator: torch.Generator | None,
+                     device: torch.device) -> torch.Tensor:
+    """Uniform ``[0, 1)`` values drawn by ``generator`` (on its own device, so a CPU generator
+    gives the same draws whatever device the model is on), then moved to ``device``."""
+    source = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=source).to(device)
+
+
 def point_sample(inputs: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     """Bilinear values of ``(N, C, H, W)`` maps at ``(N, P, 2)`` (x, y) in ``[0, 1]``.
 
@@ -34,13 +42,12 @@ def importance_points(logits: torch.Tensor, num_points: int = NUM_POINTS,
     """``(N, 1, H, W)`` logits -> ``(N, num_points, 2)`` sampling coordinates in ``[0, 1]``."""
     n = logits.shape[0]
     num_sampled = int(num_points * oversample)
-    coords = torch.rand(n, num_sampled, 2, generator=generator, device=logits.device)
+    coords = rand_like_device((n, num_sampled, 2), generator, logits.device)
     uncertainty = -point_sample(logits, coords).abs()[:, 0]
     num_uncertain = int(importance_ratio * num_points)
     idx = uncertainty.topk(num_uncertain, dim=1).indices
     chosen = torch.gather(coords, 1, idx[..., None].expand(-1, -1, 2))
-    rest = torch.rand(n, num_points - num_uncertain, 2, generator=generator,
-                      device=logits.device)
+    rest = rand_like_device((n, num_points - num_uncertain, 2), generator, logits.device)
     return torch.cat([chosen, rest], dim=1)
 
 

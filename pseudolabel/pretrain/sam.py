@@ -32,6 +32,8 @@ class SamPretrainConfig:
     data_seed: int = 1000
     seed: int = 0
     part_prob: float = 0.4  # chance a target is a part rather than a whole object
+    sam_model: str = "tiny"  # or tiny_hr (the high-resolution encoder)
+    init: str | None = None  # warm start: a plain tiny SAM's weights (for tiny_hr)
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -59,8 +61,9 @@ def true_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def to_low_res(masks: np.ndarray, predictor: PromptedSam) -> torch.Tensor:
-    """``(N, H, W)`` bool masks -> ``(N, L, L)`` float targets in SAM's low-res frame."""
-    t = torch.as_tensor(masks, dtype=torch.float32)[:, None]
+    """``(N, H, W)`` bool masks -> ``(N, L, L)`` float targets in SAM's low-res frame, on the
+    predictor's device."""
+    t = torch.as_tensor(masks).to(predictor.device).float()[:, None]
     h, w = predictor.transform.get_preprocess_shape(masks.shape[1], masks.shape[2],
                                                     predictor.sam.image_encoder.img_size)
     t = F.interpolate(t, (h, w), mode="bilinear", align_corners=False)
@@ -131,7 +134,7 @@ def image_loss(predictor: PromptedSam, embedding: torch.Tensor, image_shape, tar
         if kind == "mask":
             coarse = np.stack([coarse_logits(m, rng) for m in masks])
             low = predictor.low_res_size
-            t = torch.as_tensor(coarse)[:, None]
+            t = torch.as_tensor(coarse).to(predictor.device)[:, None]
             t = F.interpolate(t, (h, w), mode="bilinear", align_corners=False)
             t = F.pad(t, (0, s - w, 0, s - h), value=-10.0)
             mask_logits = F.interpolate(t, (low, low), mode="bilinear", align_corners=False)
@@ -155,12 +158,13 @@ def lr_at(step: int, cfg: SamPretrainConfig) -> float:
     return cfg.lr * factor
 
 
-def train_step(predictor: PromptedSam, optimizer, step: int, cfg: SamPretrainConfig) -> dict:
+def train_step(predictor: PromptedSam, optimizer, step: int, cfg: SamPretrainConfig,
+               scaler: torch.amp.GradScaler | None = None) -> dict:
     rng = np.random.default_rng([cfg.seed, step])
     scenes = [scene_at(cfg.data_seed, step * cfg.batch_images + i, cfg.size)
               for i in range(cfg.batch_images)]
     x, _, _ = predictor.preprocess([sc.image for sc in scenes])
-    emb = predictor.sam.image_encoder(x)
+    emb = predictor.encode_tensors(x)
     total, n, stats = emb.new_zeros(()), 0, {}
     for b, sc in enumerate(scenes):
         targets = sample_targets(sc, cfg.targets_per_image, cfg.part_prob, rng)
@@ -177,7 +181,10 @@ def train_step(predictor: PromptedSam, optimizer, step: int, cfg: SamPretrainCon
     if not torch.isfinite(loss):
         raise FloatingPointError(f"non-finite loss {float(loss)} at step {step}; stopping")
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    scaler = scaler or predictor.runtime.grad_scaler()
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
     torch.nn.utils.clip_grad_norm_(predictor.sam.parameters(), 1.0)
-    optimizer.step()
+    scaler.step(optimizer)
+    scaler.update()
     return {"loss": float(loss.detach()), **{k: float(np.mean(v)) for k, v in stats.items()}}

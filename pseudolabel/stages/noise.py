@@ -224,20 +224,23 @@ def _versus_clean(gt: CocoDataset, out: Path) -> dict:
 # -- COCO-WAN ----------------------------------------------------------------------------------
 def wan_file(gt_path: str | Path, image_root: str | Path, out: str | Path, level: str, *,
              sam_model: str = "tiny", checkpoint: str | None = "default", seed: int = 0,
-             encode_batch: int = 8, evaluate: bool = True, progress: bool = True) -> dict:
+             encode_batch: int = 8, evaluate: bool = True, progress: bool = True,
+             runtime=None) -> dict:
     """COCO-WAN (seed 003 §3.4): every instance's mask replaced by a zero-shot SAM mask.
 
     ``easy`` prompts SAM with the GT box (one mask); ``medium`` with the box centre as a
     single positive point (multimask, the mask with the highest predicted IoU, as the
     benchmark's script does); ``hard`` is ``medium`` plus 40% symmetric class noise (eq. 1).
     The GT box is the tight box of the GT mask. An empty SAM mask keeps the GT mask
-    (``kept_clean``). Each image is encoded once and all its prompts decoded in one batch.
+    (``kept_clean``). Each image is encoded once and all its prompts decoded in one batch,
+    on ``runtime``'s device (default: CPU, fp32).
     """
     from pseudolabel.data.images import load_image, resolve_image_path
     from pseudolabel.data.masks import xywh_to_xyxy
     from pseudolabel.models import assets
     from pseudolabel.models.predictor import PromptedSam
     from pseudolabel.models.sam import build_sam
+    from pseudolabel.runtime import CPU
 
     if level not in WAN_LEVELS:
         raise ValueError(f"unknown COCO-WAN level {level!r}; expected one of {WAN_LEVELS}")
@@ -245,7 +248,7 @@ def wan_file(gt_path: str | Path, image_root: str | Path, out: str | Path, level
     gt = load_coco(gt_path)
     ckpt = assets.resolve(checkpoint, "sam") if sam_model == "tiny" or checkpoint != "default" \
         else None
-    sam = PromptedSam(build_sam(sam_model, checkpoint=ckpt))
+    sam = PromptedSam(build_sam(sam_model, checkpoint=ckpt).eval(), runtime=runtime or CPU)
     n = _non_crowd(gt)
     spec = NoiseSpec(WAN_CLASS_NOISE if level == "hard" else 0.0)
     plan = plan_noise(n, spec, seed)
@@ -287,6 +290,7 @@ def wan_file(gt_path: str | Path, image_root: str | Path, out: str | Path, level
                         centres = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2,
                                             (boxes[:, 1] + boxes[:, 3]) / 2], axis=1)
                         masks, ious = sam.decode(one, points_xy=centres, multimask=True).best()
+                    masks, ious = masks.cpu(), ious.cpu()  # one transfer per image
                 k = 0
                 for ann in anns:
                     if ann.get("iscrowd", 0):

@@ -29,23 +29,24 @@ from pseudolabel.data.masks import mask_to_rle, rle_area, rle_to_mask, rle_to_xy
 from pseudolabel.models import assets
 from pseudolabel.models.predictor import PromptedSam
 from pseudolabel.models.sam import build_sam
+from pseudolabel.runtime import CPU, Runtime
 from pseudolabel.samrefiner import PROMPTS, refine_masks, split_then_merge
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def load_refiner(sam_model: str = "tiny", checkpoint: str | None = "default",
-                 adapter: str | Path | None = None) -> PromptedSam:
-    """SAM for refinement (``default``: the shipped tiny SAM), with an IoU adapter if given."""
+                 adapter: str | Path | None = None, runtime: Runtime = CPU) -> PromptedSam:
+    """SAM for refinement (``default``: the shipped tiny SAM), with an IoU adapter if given,
+    on ``runtime``'s device."""
     ckpt = assets.resolve(checkpoint, "sam") if sam_model == "tiny" or checkpoint != "default" \
         else None
-    sam = PromptedSam(build_sam(sam_model, checkpoint=ckpt))
-    sam.sam.eval()
+    sam = build_sam(sam_model, checkpoint=ckpt).eval()
     if adapter is not None:
         from pseudolabel.models.iou_adapter import attach_iou_adapter, load_iou_adapter
 
-        attach_iou_adapter(sam.sam, load_iou_adapter(adapter))
-    return sam
+        attach_iou_adapter(sam, load_iou_adapter(adapter))
+    return PromptedSam(sam, runtime=runtime)
 
 
 def _options(prompts: tuple[str, ...], iters: int, cebox: bool) -> dict:
@@ -196,7 +197,7 @@ def adapt_iou(coarse_path: str | Path, image_root: str | Path, out: str | Path,
     from pseudolabel.samrefiner import distance_points
 
     coarse = load_coco(coarse_path)
-    lora = attach_iou_adapter(sam.sam, rank=rank)
+    lora = attach_iou_adapter(sam.sam, rank=rank).to(sam.device)
     params = [lora.down.weight, lora.up.weight]
     opt = torch.optim.SGD(params, lr=lr)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(milestones), gamma=0.1)
@@ -227,12 +228,12 @@ def adapt_iou(coarse_path: str | Path, image_root: str | Path, out: str | Path,
             else:
                 xy = np.array([distance_points(stack[i])[0][::-1] for i in idx], dtype=float)
                 points, boxes = sam.prompt_tensors(original, points_xy=xy)
-            low_res, pred_iou = sam.decode_tensors(emb.embeddings.to(sam.device), points,
-                                                   boxes, None, None, multimask=True)
+            low_res, pred_iou = sam.decode_tensors(emb.embeddings, points, boxes, None, None,
+                                                   multimask=True)
             with torch.no_grad():
                 out_masks = sam.sam.postprocess_masks(low_res, input_size, original) \
                     > sam.sam.mask_threshold
-                target = torch.as_tensor(stack[idx], device=out_masks.device)[:, None]
+                target = torch.as_tensor(stack[idx]).to(out_masks.device)[:, None]
                 inter = (out_masks & target).flatten(2).sum(-1).float()
                 union = (out_masks | target).flatten(2).sum(-1).float().clamp_min(1)
                 coarse_iou = inter / union

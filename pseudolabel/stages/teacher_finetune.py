@@ -7,17 +7,24 @@ import json
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from pseudolabel.data.coco import load_coco, save_json
 from pseudolabel.data.images import resolve_image_path
 from pseudolabel.models import assets
-from pseudolabel.models.sam import build_sam
+from pseudolabel.models.predictor import PromptedSam
 from pseudolabel.models.text import build_text_encoder
 from pseudolabel.pretrain.loop import train
+from pseudolabel.runtime import CPU, Runtime
 from pseudolabel.stages.weaken import file_sha256, select_fully_labeled
 from pseudolabel.teacher.cache import EmbeddingCache, file_key
-from pseudolabel.teacher.model import TEACHERS, build_teacher, save_teacher, trainable
+from pseudolabel.teacher.model import (
+    TEACHERS,
+    build_teacher,
+    load_base_sam,
+    on_shared_encoder,
+    save_teacher,
+    trainable,
+)
 from pseudolabel.teacher.train import FinetuneConfig, Sample, train_step
 
 
@@ -68,23 +75,27 @@ def finetune_teachers(*, gt_path: str | Path, image_root: str | Path, run_dir: s
                       class_aware: bool = True, sam_model: str = "tiny",
                       sam_checkpoint: str | None = "default", text_encoder: str = "tiny",
                       text_checkpoint: str | None = None, cfg: FinetuneConfig = FinetuneConfig(),
-                      stop_after: int | None = None, progress: bool = True) -> dict:
-    """Train ``teachers`` on the fully labelled images of ``gt_path``; returns what was written."""
+                      stop_after: int | None = None, progress: bool = True,
+                      runtime: Runtime = CPU) -> dict:
+    """Train ``teachers`` on the fully labelled images of ``gt_path``; returns what was written.
+
+    The base SAM is loaded once onto ``runtime.device``; every teacher trains its own copy
+    of the prompt encoder and mask decoder on it (the image encoder is frozen and shared).
+    """
     gt_path, run_dir = Path(gt_path), Path(run_dir)
     unknown = [t for t in teachers if t not in TEACHERS]
     if unknown:
         raise ValueError(f"unknown teachers {unknown}; expected some of {list(TEACHERS)}")
-    main = not dist.is_initialized() or dist.get_rank() == 0
+    main = runtime.is_main
     gt = load_coco(gt_path)
     if main:
         write_split(run_dir, gt_path, [i["id"] for i in gt.images], fraction, seed)
-    if dist.is_initialized():
-        dist.barrier()  # the other ranks read the split rank 0 wrote
+    runtime.barrier()  # the other ranks read the split rank 0 wrote
     split = json.loads((run_dir / "split.json").read_text())
     if not split["fully_labeled"]:
         raise ValueError(f"fraction {fraction} leaves no fully labelled image to train on")
     ckpt = assets.resolve(sam_checkpoint, "sam") if sam_checkpoint else None
-    base = build_sam(sam_model, checkpoint=ckpt, pretrained=ckpt is not None)
+    base = load_base_sam(sam_model, sam_checkpoint).to(runtime.device)
     pe = base.prompt_encoder
     cache = EmbeddingCache(run_dir / "cache", encoder_key(sam_model, ckpt),
                            len(split["fully_labeled"]),
@@ -98,12 +109,10 @@ def finetune_teachers(*, gt_path: str | Path, image_root: str | Path, run_dir: s
         for ann in gt.anns_by_image[image_id]:
             if not ann.get("iscrowd", 0) and "segmentation" in ann:
                 samples.append(Sample(keys[image_id][0], gt.rle(ann), rows[ann["category_id"]]))
-    from pseudolabel.models.predictor import PromptedSam
-
     if main:
-        cache.fill(list(keys.values()), PromptedSam(base), progress=progress)
-    if dist.is_initialized():
-        dist.barrier()
+        cache.fill(list(keys.values()), PromptedSam(base, runtime=runtime), progress=progress)
+    if runtime.distributed:
+        runtime.barrier()
         cache = EmbeddingCache(run_dir / "cache", encoder_key(sam_model, ckpt), 0,
                                (pe.embed_dim, *pe.image_embedding_size))
     names = [gt.category_by_id[c]["name"] for c in gt.category_ids]
@@ -116,22 +125,22 @@ def finetune_teachers(*, gt_path: str | Path, image_root: str | Path, run_dir: s
         if not class_aware and kind.class_aware:
             kind = type(kind)(ablation_name(name), kind.box, kind.point, False)
         torch.manual_seed(cfg.seed)
-        sam = build_sam(sam_model, checkpoint=ckpt, pretrained=ckpt is not None)
-        teacher = build_teacher(sam, kind.class_aware, text)
+        teacher = build_teacher(on_shared_encoder(base), kind.class_aware, text, runtime)
         module = trainable(teacher)
         params = [p for p in module.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        scaler = runtime.grad_scaler()
         out = run_dir / "teacher" / kind.name
         _check_resume(out, {"config": cfg.__dict__, "sam_model": sam_model,
                             "sam_sha256": file_sha256(ckpt) if ckpt else None,
                             "text_encoder": text_encoder if kind.class_aware else None,
                             "split_hash": split["hash"]}, main)
         history = train(module, opt,
-                        lambda s, t=teacher, k=kind, o=opt, p=params: train_step(
-                            t, k, cache, samples, o, p, s, cfg),
+                        lambda s, t=teacher, k=kind, o=opt, p=params, sc=scaler: train_step(
+                            t, k, cache, samples, o, p, s, cfg, sc),
                         steps=cfg.steps, state_path=out / "state.pt", every=max(1, cfg.steps // 10),
                         desc=f"teacher {kind.name}", stop_after=stop_after,
-                        progress=progress and main, save=main)
+                        progress=progress and main, save=main, scaler=scaler)
         if len(history) < cfg.steps:
             written[kind.name] = {"status": f"stopped at step {len(history)}"}
             continue

@@ -30,6 +30,7 @@ from pseudolabel.data.images import load_image, resolve_image_path
 from pseudolabel.data.masks import masks_to_boxes_xyxy, masks_to_rles
 from pseudolabel.evaluation.coco_eval import evaluate_masks
 from pseudolabel.pretrain.loop import load_state, train
+from pseudolabel.runtime import CPU, Runtime
 from pseudolabel.students.condinst import CondInst
 from pseudolabel.students.data import InstanceData, large_scale_jitter, resize_for_inference
 from pseudolabel.students.mask2former import (
@@ -87,16 +88,26 @@ def build_student(cfg: StudentConfig, num_labels: int) -> torch.nn.Module:
     raise ValueError(f"unknown student {cfg.arch!r}; expected one of {ARCHS}")
 
 
-def _student_loss(model, samples: list, cfg: StudentConfig) -> torch.Tensor:
-    pixels = torch.stack([s.pixels for s in samples])
+def _student_loss(model, samples: list, cfg: StudentConfig, runtime: Runtime) -> torch.Tensor:
+    """The batch's loss: the network under autocast, the loss itself in fp32."""
+    dev = runtime.device
+    pixels = torch.stack([s.pixels for s in samples]).to(dev, non_blocking=True)
     if cfg.arch == "condinst":
         targets = [{"boxes": torch.as_tensor(masks_to_boxes_xyxy(s.masks.bool().numpy()))
-                    .float(), "labels": s.labels, "masks": s.masks, "weights": s.weights}
-                   for s in samples]
-        return model.losses(pixels, targets)["loss"]
-    return model(pixel_values=pixels, pixel_mask=torch.stack([s.valid for s in samples]).long(),
-                 mask_labels=[s.masks for s in samples],
-                 class_labels=[s.labels for s in samples]).loss
+                    .float().to(dev), "labels": s.labels.to(dev), "masks": s.masks.to(dev),
+                    "weights": s.weights.to(dev)} for s in samples]
+        with runtime.autocast():
+            heads = model(pixels)
+        return model.losses_from_heads(heads, targets)["loss"]
+    valid = torch.stack([s.valid for s in samples]).long().to(dev)
+    with runtime.autocast():
+        out = model(pixel_values=pixels, pixel_mask=valid, output_auxiliary_logits=True)
+    aux = [{k: v.float() for k, v in a.items()} for a in out.auxiliary_logits]
+    losses = model.get_loss_dict(out.masks_queries_logits.float(),
+                                 out.class_queries_logits.float(),
+                                 [s.masks.to(dev) for s in samples],
+                                 [s.labels.to(dev) for s in samples], aux)
+    return model.get_loss(losses)
 
 
 def _optimizer(model, cfg: StudentConfig) -> torch.optim.Optimizer:
@@ -111,20 +122,23 @@ def _optimizer(model, cfg: StudentConfig) -> torch.optim.Optimizer:
 
 def train_student(train_path: str | Path, image_root: str | Path, out_dir: str | Path,
                   cfg: StudentConfig = StudentConfig(), *, quality_weighted: bool = False,
-                  progress: bool = True, stop_after: int | None = None) -> dict:
+                  progress: bool = True, stop_after: int | None = None,
+                  runtime: Runtime = CPU) -> dict:
     """Train (or resume) a student (``cfg.arch``) on ``train_path``; checkpoint in ``out_dir``.
 
     ``quality_weighted`` scales each mask's loss by its annotation's ``score`` (the teacher's
-    predicted IoU of a pseudo-mask; GT masks, which have none, weigh 1).
+    predicted IoU of a pseudo-mask; GT masks, which have none, weigh 1). The model trains on
+    ``runtime.device`` under its autocast (fp16 with a gradient scaler).
     """
     out_dir = Path(out_dir)
     data = InstanceData(train_path, image_root, weight_key="score" if quality_weighted else None)
-    model = build_student(cfg, len(data.coco.category_ids))
+    model = build_student(cfg, len(data.coco.category_ids)).to(runtime.device)
     # Mask2Former takes the weights through its criterion; CondInst reads them from targets
     criterion = use_quality_weights(model) if quality_weighted and cfg.arch == "mask2former" \
         else None
     model.train()
     opt = _optimizer(model, cfg)
+    scaler = runtime.grad_scaler()
     settings = {"config": asdict(cfg), "train": str(train_path),
                 "categories": data.coco.category_ids, "quality_weighted": quality_weighted}
     settings_path = out_dir / "settings.json"
@@ -140,59 +154,67 @@ def train_student(train_path: str | Path, image_root: str | Path, out_dir: str |
         torch.manual_seed(cfg.seed * 1_000_003 + step)
         samples = _batch(data, step, cfg)
         if criterion is not None:  # seed 000 eq. 1: each mask's loss times its score
-            criterion.instance_weights = [smp.weights for smp in samples]
+            criterion.instance_weights = [smp.weights.to(runtime.device) for smp in samples]
         factor = (1 - step / cfg.steps) ** cfg.poly_power
         for g in opt.param_groups:
             g["lr"] = cfg.lr * factor * g["lr_factor"]
-        loss = _student_loss(model, samples, cfg)
+        loss = _student_loss(model, samples, cfg, runtime)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite student loss {float(loss)} at step {step}; "
                                      "stopping (lower the learning rate or check the labels)")
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)  # clip the true gradients
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         return {"loss": float(loss.detach())}
 
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
     history = train(model, opt, step_fn, steps=cfg.steps, state_path=out_dir / "state.pt",
                     every=cfg.save_every, desc="student", stop_after=stop_after,
-                    progress=progress)
+                    progress=progress, scaler=scaler)
     return {"out": str(out_dir), "steps": len(history), "seconds": time.perf_counter() - t0,
             "final_loss": history[-1]["loss"] if history else None}
 
 
-def load_student(out_dir: str | Path, num_labels: int) -> torch.nn.Module:
-    """The trained student of ``out_dir`` (its ``state.pt``), in eval mode."""
+def load_student(out_dir: str | Path, num_labels: int, runtime: Runtime = CPU
+                 ) -> torch.nn.Module:
+    """The trained student of ``out_dir`` (its ``state.pt``), in eval mode, on the device."""
     out_dir = Path(out_dir)
     settings = json.loads((out_dir / "settings.json").read_text())
     cfg = StudentConfig(**settings["config"])
-    model = build_student(cfg, num_labels)
+    model = build_student(cfg, num_labels).to(runtime.device)
     load_state(out_dir / "state.pt", model, _optimizer(model, cfg))
     return model.eval()
 
 
 @torch.no_grad()
 def predict(model, images: list[dict], image_root: str | Path, cfg: StudentConfig,
-            categories: list[int], progress: bool = True) -> list[dict]:
+            categories: list[int], progress: bool = True, runtime: Runtime = CPU) -> list[dict]:
     """COCO results (RLE) of ``model`` on ``images`` (COCO image dicts)."""
     results = []
+    dev = runtime.device
     for img in tqdm(images, desc="student predict", unit="img", disable=not progress):
         pixels = load_image(resolve_image_path(image_root, img["file_name"]))
         x, valid, vsize = resize_for_inference(pixels, cfg.size)
+        x, valid = x.to(dev), valid.to(dev)
         if cfg.arch == "condinst":
-            det = model.detect(x[None], topk=cfg.topk)[0]
+            with runtime.autocast():
+                det = model.detect(x[None], topk=cfg.topk)[0]
             logits = F.interpolate(det["mask_logits"][None], scale_factor=4, mode="bilinear",
                                    align_corners=False)[0][:, : vsize[0], : vsize[1]]
             logits = F.interpolate(logits[None], pixels.shape[:2], mode="bilinear",
                                    align_corners=False)[0]
             masks, scores, labels = logits > 0, det["scores"], det["labels"]
         else:
-            out = model(pixel_values=x[None], pixel_mask=valid[None].long())
+            with runtime.autocast():
+                out = model(pixel_values=x[None], pixel_mask=valid[None].long())
             masks, scores, labels = instance_inference(
-                out.class_queries_logits[0], out.masks_queries_logits[0], vsize, cfg.size,
-                pixels.shape[:2], cfg.topk)
+                out.class_queries_logits[0].float(), out.masks_queries_logits[0].float(), vsize,
+                cfg.size, pixels.shape[:2], cfg.topk)
+        masks, scores, labels = masks.cpu(), scores.cpu(), labels.cpu()  # once per image
         keep = masks.flatten(1).any(1)
         for rle, s, c in zip(masks_to_rles(masks[keep].numpy()), scores[keep], labels[keep],
                              strict=True):
@@ -202,7 +224,8 @@ def predict(model, images: list[dict], image_root: str | Path, cfg: StudentConfi
 
 
 def evaluate_student(out_dir: str | Path, val_path: str | Path, image_root: str | Path,
-                     progress: bool = True, full_metrics: str | Path | None = None) -> dict:
+                     progress: bool = True, full_metrics: str | Path | None = None,
+                     runtime: Runtime = CPU) -> dict:
     """Mask AP / boundary AP of the student in ``out_dir`` on ``val_path``; writes
     ``metrics.json`` there. With ``full_metrics`` (the fully supervised student's
     ``metrics.json``), also AP as a percentage of it."""
@@ -210,9 +233,9 @@ def evaluate_student(out_dir: str | Path, val_path: str | Path, image_root: str 
     settings = json.loads((out_dir / "settings.json").read_text())
     cfg = StudentConfig(**settings["config"])
     categories = settings["categories"]
-    model = load_student(out_dir, len(categories))
+    model = load_student(out_dir, len(categories), runtime)
     val = load_coco(val_path)
-    preds = predict(model, val.images, image_root, cfg, categories, progress)
+    preds = predict(model, val.images, image_root, cfg, categories, progress, runtime)
     result = evaluate_masks(val, preds)
     metrics = {"train": settings["train"], "val": str(val_path), "segm": result["segm"],
                "boundary": result["boundary"], "num_predictions": len(preds)}

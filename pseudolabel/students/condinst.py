@@ -47,7 +47,8 @@ def _tower(channels: int, depth: int) -> nn.Sequential:
 
 
 class CondInst(nn.Module):
-    """``forward(images, targets)``: losses in training, detections in eval.
+    """``forward(images)``: head outputs; ``losses(images, targets)`` in training,
+    ``detect(images)`` in eval.
 
     ``images``: ``(B, 3, S, S)`` normalised; ``targets``: per image ``boxes`` (xyxy, input
     pixels), ``labels`` (class indices), ``masks`` ``(N, S, S)`` float, optional ``weights``.
@@ -77,7 +78,11 @@ class CondInst(nn.Module):
         nn.init.zeros_(self.controller.bias)
 
     # -- network -------------------------------------------------------------------------
-    def _heads(self, images: torch.Tensor):
+    def forward(self, images: torch.Tensor):
+        """Head outputs: class logits, box distances, centerness, controller parameters (all
+        ``(B, L, ...)`` over the L locations of P3-P7), location centres and levels, and the
+        P3 mask-branch features. Run it under autocast; the losses cast to fp32."""
+        dev = images.device
         feats = list(self.fpn(self.body(images)).values())  # P3..P7
         cls, box, ctr, par, locs = [], [], [], [], []
         for level, (f, stride) in enumerate(zip(feats, STRIDES, strict=True)):
@@ -88,12 +93,13 @@ class CondInst(nn.Module):
             ctr.append(self.ctrness(b).flatten(2).transpose(1, 2))
             par.append(self.controller(b).flatten(2).transpose(1, 2))
             h, w = f.shape[-2:]
-            ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+            ys, xs = torch.meshgrid(torch.arange(h, device=dev), torch.arange(w, device=dev),
+                                    indexing="ij")
             xy = torch.stack([xs.flatten(), ys.flatten()], 1).float() * stride + stride // 2
-            locs.append((xy, torch.full((h * w,), level)))
+            locs.append((xy, torch.full((h * w,), level, device=dev)))
         mask_feats = self.mask_branch(feats[0])
-        xy = torch.cat([p[0] for p in locs]).to(images.device)
-        levels = torch.cat([p[1] for p in locs]).to(images.device)
+        xy = torch.cat([p[0] for p in locs])
+        levels = torch.cat([p[1] for p in locs])
         return (torch.cat(cls, 1), torch.cat(box, 1), torch.cat(ctr, 1)[..., 0],
                 torch.cat(par, 1), xy, levels, mask_feats)
 
@@ -147,7 +153,12 @@ class CondInst(nn.Module):
         return idx
 
     def losses(self, images: torch.Tensor, targets: list[dict]) -> dict[str, torch.Tensor]:
-        cls, box, ctr, par, xy, levels, mask_feats = self._heads(images)
+        return self.losses_from_heads(self(images), targets)
+
+    def losses_from_heads(self, heads, targets: list[dict]) -> dict[str, torch.Tensor]:
+        """Focal, GIoU, centerness and dice losses of ``forward``'s outputs, in fp32."""
+        cls, box, ctr, par, xy, levels, mask_feats = (t.float() if t.is_floating_point() else t
+                                                      for t in heads)
         cls_t = torch.zeros_like(cls)
         total_pos, box_l, ctr_l, ctr_sum = 0, [], [], []
         mask_rows = []  # (image, location, target) of positives
@@ -188,7 +199,7 @@ class CondInst(nn.Module):
         if not rows:
             return zero
         if len(rows) > MAX_MASK_INSTANCES:
-            keep = torch.randperm(len(rows))[:MAX_MASK_INSTANCES].tolist()
+            keep = torch.randperm(len(rows), device="cpu")[:MAX_MASK_INSTANCES].tolist()
             rows = [rows[i] for i in keep]
         losses, weights = [], []
         for b in sorted({r[0] for r in rows}):
@@ -214,7 +225,8 @@ class CondInst(nn.Module):
     def detect(self, images: torch.Tensor, score_thresh: float = 0.05, nms_iou: float = 0.6,
                topk: int = 100, candidates: int = 1000) -> list[dict]:
         """Per image: ``boxes`` (xyxy), ``scores``, ``labels``, ``mask_logits`` at stride 4."""
-        cls, box, ctr, par, xy, levels, mask_feats = self._heads(images)
+        cls, box, ctr, par, xy, levels, mask_feats = (
+            t.float() if t.is_floating_point() else t for t in self(images))
         results = []
         for b in range(len(images)):
             scores = torch.sqrt(cls[b].sigmoid() * ctr[b].sigmoid()[:, None])

@@ -3,11 +3,14 @@
 A teacher checkpoint is ``<name>.safetensors`` (the trainable parts: prompt encoder(s), mask
 decoder, class projection and ``G_zero``, plus the class-embedding table) and
 ``<name>.json`` (kind, base SAM and its sha256, label space, config, steps, losses, split).
-The frozen image encoder is not stored: it is the base SAM checkpoint's.
+The frozen image encoder is not stored: it is the base SAM checkpoint's. Teachers loaded
+together share one base SAM's image encoder (:func:`load_base_sam`, :func:`on_shared_encoder`):
+its weights are read and held once, however many teachers a setting prompts.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +24,7 @@ from pseudolabel.models.checkpoints import load_state_dict, load_weights, save_s
 from pseudolabel.models.class_aware import ClassAwarePromptEncoder
 from pseudolabel.models.predictor import PromptedSam
 from pseudolabel.models.sam import build_sam
+from pseudolabel.runtime import CPU, Runtime
 
 
 @dataclass(frozen=True)
@@ -53,17 +57,35 @@ def teacher_kind(name: str) -> TeacherKind:
     return TEACHERS[name]
 
 
+def load_base_sam(sam_model: str, sam_checkpoint: str | None) -> Sam:
+    """The base SAM of a run (``"default"``: the shipped weights; ``None``: random)."""
+    ckpt = assets.resolve(sam_checkpoint, "sam") if sam_checkpoint else None
+    return build_sam(sam_model, checkpoint=ckpt, pretrained=ckpt is not None).eval()
+
+
+def on_shared_encoder(base: Sam) -> Sam:
+    """A SAM holding ``base``'s image encoder (the same module, not a copy) and its own copies
+    of the prompt encoder and mask decoder, which a teacher trains or loads."""
+    sam = Sam(image_encoder=base.image_encoder,
+              prompt_encoder=copy.deepcopy(base.prompt_encoder),
+              mask_decoder=copy.deepcopy(base.mask_decoder),
+              pixel_mean=base.pixel_mean.flatten().tolist(),
+              pixel_std=base.pixel_std.flatten().tolist())
+    return sam.to(base.pixel_mean.device).train(base.training)
+
+
 def build_teacher(sam: Sam, class_aware: bool,
-                  class_embeddings: torch.Tensor | None = None) -> PromptedSam:
+                  class_embeddings: torch.Tensor | None = None,
+                  runtime: Runtime = CPU) -> PromptedSam:
     """Freeze the image encoder; add the class-aware prompt encoder when asked (§3.1, §4.1)."""
     for p in sam.image_encoder.parameters():
         p.requires_grad_(False)
     if not class_aware:
-        return PromptedSam(sam)
+        return PromptedSam(sam, runtime=runtime)
     if class_embeddings is None:
         raise ValueError("a class-aware teacher needs class embeddings")
     encoder = ClassAwarePromptEncoder(sam.prompt_encoder, class_embeddings.shape[1])
-    return PromptedSam(sam, encoder, class_embeddings)
+    return PromptedSam(sam, encoder, class_embeddings, runtime=runtime)
 
 
 def trainable(teacher: PromptedSam) -> nn.ModuleDict:
@@ -84,19 +106,24 @@ def save_teacher(path_stem: Path, teacher: PromptedSam, meta: dict) -> None:
     path_stem.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def load_teacher(path_stem: str | Path) -> tuple[PromptedSam, dict]:
-    """Rebuild a saved teacher: base SAM from its meta, then the stored parts (strict)."""
-    path_stem = Path(path_stem)
-    meta_path = path_stem.with_suffix(".json")
+def read_teacher_meta(path_stem: str | Path) -> dict:
+    meta_path = Path(path_stem).with_suffix(".json")
     if not meta_path.is_file():
         raise ValueError(f"{meta_path}: teacher metadata not found")
-    meta = json.loads(meta_path.read_text())
+    return json.loads(meta_path.read_text())
+
+
+def load_teacher(path_stem: str | Path, base: Sam | None = None,
+                 runtime: Runtime = CPU) -> tuple[PromptedSam, dict]:
+    """Rebuild a saved teacher on ``base`` (shared image encoder; by default the base SAM its
+    meta names, loaded here), then its stored parts (strict)."""
+    path_stem = Path(path_stem)
+    meta = read_teacher_meta(path_stem)
     state = load_state_dict(path_stem.with_suffix(".safetensors"))
-    ckpt = meta["sam_checkpoint"]
-    sam = build_sam(meta["sam_model"], checkpoint=assets.resolve(ckpt, "sam") if ckpt else None,
-                    pretrained=ckpt is not None)
+    if base is None:
+        base = load_base_sam(meta["sam_model"], meta["sam_checkpoint"])
     emb = state.pop("class_embeddings", None)
-    teacher = build_teacher(sam, meta["class_aware"], emb)
+    teacher = build_teacher(on_shared_encoder(base), meta["class_aware"], emb, runtime)
     load_weights(trainable(teacher), state, str(path_stem.with_suffix(".safetensors")))
     teacher.sam.eval()
     return teacher, meta

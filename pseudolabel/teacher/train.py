@@ -53,10 +53,11 @@ class Sample:
 
 
 def input_frame_targets(masks: np.ndarray, predictor: PromptedSam) -> torch.Tensor:
-    """``(N, H, W)`` bool -> ``(N, 1, S, S)`` float in SAM's padded input frame."""
+    """``(N, H, W)`` bool -> ``(N, 1, S, S)`` float in SAM's padded input frame (on the
+    predictor's device: the masks travel as bytes, the resizing runs there)."""
     s = predictor.sam.image_encoder.img_size
     h, w = predictor.transform.get_preprocess_shape(masks.shape[1], masks.shape[2], s)
-    t = torch.as_tensor(masks, dtype=torch.float32)[:, None]
+    t = torch.as_tensor(masks).to(predictor.device).float()[:, None]
     t = F.interpolate(t, (h, w), mode="bilinear", align_corners=False)
     return F.pad(t, (0, s - w, 0, s - h))
 
@@ -79,9 +80,12 @@ def _prompts(masks: np.ndarray, kind: TeacherKind, rng: np.random.Generator):
 
 def train_step(teacher: PromptedSam, kind: TeacherKind, cache, samples: list[Sample],
                optimizer, params: list[torch.nn.Parameter], step: int,
-               cfg: FinetuneConfig) -> dict:
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    world = dist.get_world_size() if dist.is_initialized() else 1
+               cfg: FinetuneConfig, scaler: torch.amp.GradScaler | None = None) -> dict:
+    """One optimiser step on ``teacher.runtime``'s device (autocast inside the decoder,
+    losses in fp32; ``scaler`` for fp16)."""
+    runtime = teacher.runtime
+    rank, world = runtime.rank, runtime.world_size
+    dev = runtime.device
     rng = np.random.default_rng([cfg.seed, step, rank])
     gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
     per_rank = max(1, cfg.batch // world)
@@ -97,7 +101,7 @@ def train_step(teacher: PromptedSam, kind: TeacherKind, cache, samples: list[Sam
         masks = np.stack([rle_to_mask(s.rle) for s in group])
         b, p = _prompts(masks, kind, rng)
         pt, bx = teacher.prompt_tensors(emb.original_sizes[0], p, None, b)
-        embs.append(emb.embeddings.expand(len(group), -1, -1, -1))
+        embs.append(emb.embeddings.to(dev).expand(len(group), -1, -1, -1))
         points.append(pt)
         boxes.append(bx)
         classes += [s.class_row for s in group]
@@ -109,10 +113,10 @@ def train_step(teacher: PromptedSam, kind: TeacherKind, cache, samples: list[Sam
     use_classes = classes if kind.class_aware and teacher.class_encoder else None
     multimask = kind.point and not kind.box  # a single point is ambiguous
     logits, iou_pred = teacher.decode_tensors(torch.cat(embs), pt, bx, None, use_classes,
-                                              multimask)
+                                              multimask)  # fp32 out
     losses = point_mask_loss(logits, torch.cat(targets), gen, cfg.num_points)
     mask_loss = losses.min(dim=1).values if multimask else losses[:, 0]
-    iou_loss = F.mse_loss(iou_pred, true_iou(logits.detach(), torch.cat(low_targets)),
+    iou_loss = F.mse_loss(iou_pred, true_iou(logits.detach(), torch.cat(low_targets).to(dev)),
                           reduction="none").mean(1)
     total = (mask_loss + iou_loss).sum()
     loss = total / len(chosen)
@@ -121,12 +125,14 @@ def train_step(teacher: PromptedSam, kind: TeacherKind, cache, samples: list[Sam
     for g in optimizer.param_groups:
         g["lr"] = lr_at(step, cfg)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    scaler = scaler or runtime.grad_scaler()
+    scaler.scale(loss).backward()
     if world > 1:  # the same average DDP would compute, over every rank's instances
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             dist.all_reduce(p.grad)
             p.grad /= world
-    optimizer.step()
+    scaler.step(optimizer)
+    scaler.update()
     return {"loss": float(loss.detach())}

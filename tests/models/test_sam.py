@@ -16,11 +16,32 @@ def test_every_builder_runs_a_forward_pass(name):
     predictor = PromptedSam(sam)
     image = np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)
     emb = predictor.encode([image])
-    s = sam.image_encoder.img_size // (16 if name != "tiny" else 8)
+    # official SAMs: 16-px patches; tiny: 8-px; tiny_hr: the 8-px grid doubled (4 px)
+    s = sam.image_encoder.img_size // {"tiny": 8, "tiny_hr": 4}.get(name, 16)
     assert emb.embeddings.shape == (1, sam.prompt_encoder.embed_dim, s, s)
     out = predictor.decode(emb, boxes_xyxy=[[5, 5, 40, 30]], multimask=True)
     assert out.masks.shape == (1, 3, 60, 80) and out.iou_predictions.shape == (1, 3)
     assert out.low_res_logits.shape[-1] == predictor.low_res_size
+
+
+def test_tiny_hr_warm_start_equals_the_upsampled_plain_sam():
+    """The detail path starts at zero, so a warm-started tiny_hr encodes the plain SAM's
+    embedding, bilinearly upsampled to the finer grid."""
+    import torch.nn.functional as F
+
+    from pseudolabel.models.sam import warm_start_from_plain
+
+    plain = build_sam("tiny")
+    hr = build_sam("tiny_hr")
+    warm_start_from_plain(hr, plain.state_dict())
+    x = torch.randn(2, 3, 160, 160)
+    with torch.no_grad():
+        want = F.interpolate(plain.image_encoder(x), scale_factor=2, mode="bilinear",
+                             align_corners=False)
+        torch.testing.assert_close(hr.image_encoder(x), want)
+    assert hr.prompt_encoder.image_embedding_size == (40, 40)
+    with pytest.raises(ValueError, match="warm start"):
+        warm_start_from_plain(hr, {**plain.state_dict(), "extra.weight": torch.zeros(1)})
 
 
 @pytest.fixture(scope="module")
