@@ -380,6 +380,10 @@ def generate(
     encode_batch: Annotated[int, typer.Option(
         help="Images per image-encoder call (one forward on a GPU; a CPU splits it to bound "
         "memory).")] = 8,
+    detect_batch: Annotated[int, typer.Option(
+        help="Images per Grounding DINO forward. 1 keeps each image's detections "
+        "independent of the images beside it to the last bit; more is faster on a GPU.")
+                            ] = 1,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
     config: ConfigOpt = None,
@@ -405,7 +409,7 @@ def generate(
             _fail("--shard and torchrun both split the work; use one of them")
         opts = GenerateOptions(weak or "", refine=refine, zero_shot=zero_shot,
                                samrefiner=samrefiner, part_size=part_size, workers=workers,
-                               encode_batch=encode_batch)
+                               encode_batch=encode_batch, detect_batch=detect_batch)
         data, jobs, teachers, detector, dsha = _generate_setup(
             cfg, weak, weak_file, run_dir, out, opts, cfg_rt)
         part = (cfg_rt.rank, cfg_rt.world_size) if cfg_rt.distributed else (parsed or (0, 1))
@@ -443,6 +447,7 @@ def merge(
     samrefiner: Annotated[bool, typer.Option("--samrefiner", help="As given to generate.")
                           ] = False,
     part_size: Annotated[int, typer.Option(help="As given to generate.")] = 16,
+    detect_batch: Annotated[int, typer.Option(help="As given to generate.")] = 1,
     config: ConfigOpt = None,
 ) -> None:
     """Merge the parts of sharded generate jobs (generate --shard i/n) into the files.
@@ -455,7 +460,8 @@ def merge(
 
     try:
         opts = GenerateOptions(weak or "", refine=refine, zero_shot=zero_shot,
-                               samrefiner=samrefiner, part_size=part_size)
+                               samrefiner=samrefiner, part_size=part_size,
+                               detect_batch=detect_batch)
         data, jobs, teachers, _, dsha = _generate_setup(load_config(config), weak, weak_file,
                                                         run_dir, out, opts, CPU, weights=False)
         summaries = generate_many(jobs, data.images, teachers, None, detector_sha=dsha,

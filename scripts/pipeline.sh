@@ -8,8 +8,10 @@
 # CONFIG: configs/synthetic.yaml or configs/coco.yaml (checked first: every missing data file
 # or checkpoint is listed and nothing runs). FRACTION 0 uses the zero-shot teachers.
 # FULL_RUN (environment, default RUN_DIR) is where the fully supervised student is trained
-# once and shared by several fractions. Every stage resumes, so re-running the same command
-# after an interruption continues.
+# once and shared by several fractions. NPROC (default: the number of visible GPUs, 1 without
+# one) runs the model stages under torchrun --nproc_per_node NPROC; STUDENT (mask2former, the
+# default, or condinst) picks the student and STUDENT_ARGS adds flags to every train-student. Every stage resumes, so re-running
+# the same command after an interruption continues.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -lt 3 ]; then
@@ -21,15 +23,25 @@ SETTINGS=("$@")
 [ ${#SETTINGS[@]} -eq 0 ] && SETTINGS=(none class point+class box+class)
 PL=".venv/bin/pseudolabel"
 FULL_RUN=${FULL_RUN:-$RUN}
+STUDENT=${STUDENT:-mask2former}
+STUDENT_ARGS="--student $STUDENT ${STUDENT_ARGS:-}"
+if [ -z "${NPROC:-}" ]; then
+  NPROC=$(.venv/bin/python -c "import torch; print(max(1, torch.cuda.device_count()))")
+fi
+if [ "$NPROC" -gt 1 ]; then
+  RUNNER=".venv/bin/torchrun --nproc_per_node $NPROC -m pseudolabel"
+else
+  RUNNER="$PL"
+fi
 
 echo "== check: every file $CONFIG names"
 $PL check-config --config "$CONFIG"
 
 echo; echo "== fully supervised student (the 100% row)"
-$PL train-student --full --config "$CONFIG" --run-dir "$FULL_RUN"
+$RUNNER train-student --full --config "$CONFIG" --run-dir "$FULL_RUN" $STUDENT_ARGS
 if [ "$FULL_RUN" != "$RUN" ]; then
-  mkdir -p "$RUN/student/full-mask2former"
-  cp "$FULL_RUN/student/full-mask2former/metrics.json" "$RUN/student/full-mask2former/"
+  mkdir -p "$RUN/student/full-$STUDENT"
+  cp "$FULL_RUN/student/full-$STUDENT/metrics.json" "$RUN/student/full-$STUDENT/"
 fi
 
 ZERO=()
@@ -37,16 +49,23 @@ if [ "$FRACTION" = "0" ]; then
   ZERO=(--zero-shot)
 else
   echo; echo "== teachers on the fully labelled $FRACTION"
-  $PL teacher-finetune --fraction "$FRACTION" --config "$CONFIG" --run-dir "$RUN"
+  $RUNNER teacher-finetune --fraction "$FRACTION" --config "$CONFIG" --run-dir "$RUN"
 fi
 
+echo; echo "== weak labels of every setting"
 for weak in "${SETTINGS[@]}"; do
-  echo; echo "== $weak: weak labels, pseudo-masks, student"
   $PL weaken --weak "$weak" --fraction "$FRACTION" --config "$CONFIG" \
     --out "$RUN/weak/$weak.json"
-  $PL generate --weak "$weak" --config "$CONFIG" --run-dir "$RUN" ${ZERO[@]+"${ZERO[@]}"}
+done
+
+echo; echo "== pseudo-masks of every setting in one pass (each image encoded once)"
+WEAK_LIST=$(IFS=,; echo "${SETTINGS[*]}")
+$RUNNER generate --weak "$WEAK_LIST" --config "$CONFIG" --run-dir "$RUN" ${ZERO[@]+"${ZERO[@]}"}
+
+for weak in "${SETTINGS[@]}"; do
+  echo; echo "== $weak: pseudo-mask quality, student"
   $PL evaluate --pseudo "$RUN/pseudo/$weak.json" --config "$CONFIG" \
     --json "$RUN/eval/pseudo_$weak.json"
-  $PL train-student --weak "$weak" --config "$CONFIG" --run-dir "$RUN"
+  $RUNNER train-student --weak "$weak" --config "$CONFIG" --run-dir "$RUN" $STUDENT_ARGS
 done
 echo; echo "students and metrics in $RUN/student"

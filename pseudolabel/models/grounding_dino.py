@@ -163,8 +163,8 @@ class GroundingDino:
 
     def detect(self, images: list[np.ndarray], category_ids: list[int], names: list[str], *,
                image_categories: list[list[int]] | None = None,
-               box_threshold: float = BOX_THRESHOLD, nms_iou: float | None = NMS_IOU
-               ) -> list[Instances]:
+               box_threshold: float = BOX_THRESHOLD, nms_iou: float | None = NMS_IOU,
+               batch_size: int | None = None) -> list[Instances]:
         """Detect the label space (or each image's own categories) in ``images``.
 
         Args:
@@ -174,6 +174,9 @@ class GroundingDino:
                 ``None`` prompts every image with the whole label space (§3.2).
             box_threshold: keep boxes whose best class score is at least this.
             nms_iou: class-agnostic NMS IoU threshold; ``None`` disables NMS.
+            batch_size: images per forward (default ``self.batch_size``); 1 makes every
+                image's detections independent of the others to the last bit (batched
+                matrix products round differently, ~1e-7 here).
         """
         col = {c: k for k, c in enumerate(category_ids)}
         per_image = []
@@ -189,7 +192,8 @@ class GroundingDino:
         rounds = max((len(p) for p in per_image), default=0)
         for r in range(rounds):  # round r runs the r-th prompt of every image that has one
             todo = [i for i, p in enumerate(per_image) if len(p) > r]
-            for batch in self._batches(images, [per_image[i][r] for i in todo], todo):
+            for batch in self._batches(images, [per_image[i][r] for i in todo], todo,
+                                       batch_size or self.batch_size):
                 outs = self._forward([images[i] for i in batch], [per_image[i][r] for i in batch],
                                      len(category_ids))
                 for i, (b, sc) in zip(batch, outs, strict=True):
@@ -207,7 +211,8 @@ class GroundingDino:
             out.append(filter_detections(raw, box_threshold, nms_iou))
         return out
 
-    def _batches(self, images, prompts: list[TextPrompt], todo: list[int]) -> list[list[int]]:
+    def _batches(self, images, prompts: list[TextPrompt], todo: list[int],
+                 batch_size: int) -> list[list[int]]:
         """``todo`` in batches of at most ``batch_size`` images whose prompts have one token
         length, and of one size unless every image is padded to ``pad_size``, so a batch
         computes what single images would."""
@@ -216,8 +221,8 @@ class GroundingDino:
             size = None if self.pad_size else images[i].shape[:2]
             key = (size, len(self.tokenizer(prompt.text)["input_ids"]))
             groups.setdefault(key, []).append(i)
-        return [g[s: s + self.batch_size] for g in groups.values()
-                for s in range(0, len(g), self.batch_size)]
+        return [g[s: s + batch_size] for g in groups.values()
+                for s in range(0, len(g), batch_size)]
 
 
 def _sorted_instances(size, boxes: np.ndarray, scores: np.ndarray,

@@ -17,19 +17,23 @@ from torch import nn
 
 from pseudolabel.models.checkpoints import load_state_dict, load_weights
 from pseudolabel.models.registry import Registry
+from pseudolabel.runtime import CPU, Runtime
 
 TEXT_ENCODERS = Registry("text encoder")
 TEMPLATE = "a photo of a {name}."
 
 
 class TextEncoder:
-    """Wraps an open_clip text tower: ``embed(names)`` -> ``(K, dim)`` float32, cached.
+    """Wraps an open_clip text tower: ``embed(names)`` -> ``(K, dim)`` float32 on the host,
+    cached. The tower runs on ``runtime.device`` under its autocast.
 
-    ``module`` is the underlying ``nn.Module`` (for ``.to(device)`` and its weights).
+    ``module`` is the underlying ``nn.Module`` (its weights).
     """
 
-    def __init__(self, encode, tokenizer, dim: int, module: nn.Module, name: str) -> None:
-        self.module = module
+    def __init__(self, encode, tokenizer, dim: int, module: nn.Module, name: str,
+                 runtime: Runtime = CPU) -> None:
+        self.runtime = runtime
+        self.module = module.to(runtime.device)
         self._encode = encode
         self.tokenizer = tokenizer
         self.dim = dim
@@ -42,7 +46,9 @@ class TextEncoder:
         todo = [n for n in dict.fromkeys(names) if (template, n) not in self._cache]
         if todo:
             tokens = self.tokenizer([template.format(name=n) for n in todo])
-            out = self._encode(tokens).float()
+            with self.runtime.autocast():
+                out = self._encode(tokens.to(self.runtime.device))
+            out = out.float().cpu()
             for n, e in zip(todo, out, strict=True):
                 self._cache[(template, n)] = e
         if not names:
@@ -51,7 +57,8 @@ class TextEncoder:
 
 
 @TEXT_ENCODERS.register("tiny")
-def build_text_tiny(*, checkpoint: str | Path | None = None) -> TextEncoder:
+def build_text_tiny(*, checkpoint: str | Path | None = None,
+                    runtime: Runtime = CPU) -> TextEncoder:
     """A 2-layer, 64-wide open_clip text tower (seeded random init unless ``checkpoint``)."""
     torch.manual_seed(0)
     tower = TextTransformer(context_length=16, vocab_size=49408, width=64, heads=2, layers=2,
@@ -60,11 +67,12 @@ def build_text_tiny(*, checkpoint: str | Path | None = None) -> TextEncoder:
         load_weights(tower, load_state_dict(checkpoint), str(checkpoint))
     tower.eval()
     tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=16)
-    return TextEncoder(tower, tokenizer, 64, tower, "tiny")
+    return TextEncoder(tower, tokenizer, 64, tower, "tiny", runtime)
 
 
 def build_clip_text(model_name: str = "ViT-B-32",
-                    pretrained: str | Path | None = "laion2b_s34b_b79k") -> TextEncoder:
+                    pretrained: str | Path | None = "laion2b_s34b_b79k",
+                    runtime: Runtime = CPU) -> TextEncoder:
     """An open_clip model's text tower; ``pretrained`` is a tag or a local checkpoint file."""
     if pretrained is not None and (Path(pretrained).suffix or "/" in str(pretrained)):
         if not Path(pretrained).is_file():
@@ -81,14 +89,15 @@ def build_clip_text(model_name: str = "ViT-B-32",
     tokenizer = open_clip.get_tokenizer(model_name)
     with torch.no_grad():  # the embedding width, whatever the projection's form
         dim = model.encode_text(tokenizer(["x"])).shape[-1]
-    return TextEncoder(model.encode_text, tokenizer, int(dim), model, model_name)
+    return TextEncoder(model.encode_text, tokenizer, int(dim), model, model_name, runtime)
 
 
-def build_text_encoder(name: str, *, checkpoint: str | Path | None = None) -> TextEncoder:
+def build_text_encoder(name: str, *, checkpoint: str | Path | None = None,
+                       runtime: Runtime = CPU) -> TextEncoder:
     """``tiny`` (a registered preset) or an open_clip model name; ``checkpoint``: tag or path."""
     if name in TEXT_ENCODERS:
-        return TEXT_ENCODERS.get(name)(checkpoint=checkpoint)
+        return TEXT_ENCODERS.get(name)(checkpoint=checkpoint, runtime=runtime)
     if name not in open_clip.list_models():
         raise ValueError(f"unknown text encoder {name!r}; use 'tiny' or an open_clip model "
                          f"such as ViT-B-32")
-    return build_clip_text(name, checkpoint)
+    return build_clip_text(name, checkpoint, runtime)

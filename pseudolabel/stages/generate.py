@@ -135,6 +135,10 @@ class GenerateOptions:
     part_size: int = 16
     workers: int = 2
     encode_batch: int = 8  # images per encoder call (one forward on a GPU)
+    # Grounding DINO images per forward. 1: an image's detections do not depend on its
+    # batch-mates to the last bit (batched products round differently, ~1e-7), so a
+    # mixed-kind file and single-setting runs agree exactly; more is faster on a GPU.
+    detect_batch: int = 1
     box_threshold: float = 0.3  # seed 001 §4.1 (none, class)
     nms_iou: float = 0.9  # seed 001 §4.1 (none, class)
 
@@ -166,6 +170,8 @@ def _fingerprint(weak_path: Path, opts: GenerateOptions, describe: dict,
     blob = json.dumps({"weak": file_sha256(weak_path), "setting": opts.setting,
                        "refine": opts.refine, "zero_shot": opts.zero_shot,
                        **({"samrefiner": True} if opts.samrefiner else {}),
+                       **({"detect_batch": opts.detect_batch} if opts.detect_batch != 1
+                          else {}),
                        "part_size": opts.part_size, "box_threshold": opts.box_threshold,
                        "nms_iou": opts.nms_iou, "teachers": describe,
                        "detector": detector_sha}, sort_keys=True)
@@ -247,7 +253,8 @@ def _load_images(pool: ThreadPoolExecutor | None, weak: CocoDataset, image_root:
     return [pool.submit(load, p) for p in paths]
 
 
-def _detect(jobs: list[Job], part_ids: list[int], pixels: list, detector, refine: bool):
+def _detect(jobs: list[Job], part_ids: list[int], pixels: list, detector,
+            opts: GenerateOptions):
     """Grounding DINO's unfiltered detections for every (image, request) the jobs need, each
     asked once: an image that ``class`` and ``point+class`` both prompt with its tags is run
     once for both."""
@@ -255,7 +262,7 @@ def _detect(jobs: list[Job], part_ids: list[int], pixels: list, detector, refine
     for job in jobs:
         for i, image_id in enumerate(part_ids):
             req = detection_request(job.kinds[image_id], job.weak.image_by_id[image_id].get(
-                "tags"), job.label_space, refine)
+                "tags"), job.label_space, opts.refine)
             if req is not None:
                 wanted.setdefault((req, i), len(wanted))
     if not wanted:
@@ -269,7 +276,7 @@ def _detect(jobs: list[Job], part_ids: list[int], pixels: list, detector, refine
         names = [weak.category_by_id[c]["name"] for c in space]
         dets = detector.detect([pixels[i] for _, i in keys], list(space), names,
                                image_categories=[list(req.prompt) for req, _ in keys],
-                               box_threshold=0.0, nms_iou=None)
+                               box_threshold=0.0, nms_iou=None, batch_size=opts.detect_batch)
         results.update(zip(keys, dets, strict=True))
     return results
 
@@ -287,7 +294,7 @@ def run_part(part_ids: list[int], jobs: list[Job], images: list, opts: GenerateO
     for s in range(0, len(images), opts.encode_batch):
         e = teachers.encoder.encode([q for _, q in images[s: s + opts.encode_batch]])
         embs += [e[k] for k in range(len(e.original_sizes))]
-    raw = _detect(jobs, part_ids, pixels, detector, opts.refine)
+    raw = _detect(jobs, part_ids, pixels, detector, opts)
     out = []
     with torch.no_grad():
         for job in jobs:

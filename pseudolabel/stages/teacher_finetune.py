@@ -117,7 +117,8 @@ def finetune_teachers(*, gt_path: str | Path, image_root: str | Path, run_dir: s
                                (pe.embed_dim, *pe.image_embedding_size))
     names = [gt.category_by_id[c]["name"] for c in gt.category_ids]
     needs_text = class_aware and any(TEACHERS[t].class_aware for t in teachers)
-    text = build_text_encoder(text_encoder, checkpoint=text_checkpoint).embed(names) \
+    text = build_text_encoder(text_encoder, checkpoint=text_checkpoint,
+                              runtime=runtime).embed(names) \
         if needs_text else None
     written = {}
     for name in teachers:

@@ -69,8 +69,8 @@ def on_shared_encoder(base: Sam) -> Sam:
     sam = Sam(image_encoder=base.image_encoder,
               prompt_encoder=copy.deepcopy(base.prompt_encoder),
               mask_decoder=copy.deepcopy(base.mask_decoder),
-              pixel_mean=base.pixel_mean.flatten().tolist(),
-              pixel_std=base.pixel_std.flatten().tolist())
+              pixel_mean=base.pixel_mean.flatten().cpu().tolist(),
+              pixel_std=base.pixel_std.flatten().cpu().tolist())
     return sam.to(base.pixel_mean.device).train(base.training)
 
 

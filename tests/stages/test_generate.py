@@ -203,7 +203,7 @@ class ScriptedDetector:
         self.gt, self.calls = gt, []
 
     def detect(self, images, category_ids, names, *, image_categories=None, box_threshold=0.3,
-               nms_iou=0.9):
+               nms_iou=0.9, batch_size=None):
         from pseudolabel.data.instances import Instances
         from pseudolabel.data.masks import xywh_to_xyxy
 
@@ -251,3 +251,93 @@ def test_point_class_takes_matching_detector_boxes(weak_files, synth_dir, tmp_pa
     assert all(c is not None for call in det.calls for c in call)  # prompted with tags
     assert det.calls[0][0] == weak.image_by_id[sorted(
         i["id"] for i in weak.images if i["kind"] == "point+class")[0]]["tags"]
+
+
+# -- several settings in one pass, mixed-kind files -------------------------------------------
+def _copy_weak(weak_files, run_dir):
+    (run_dir / "weak").mkdir(parents=True, exist_ok=True)
+    for s, p in weak_files.items():
+        (run_dir / "weak" / f"{s}.json").write_bytes(p.read_bytes())
+
+
+def _all_teachers(weak_files, kinds=("none", "class", "point+class", "box+class")):
+    cats = load_coco(weak_files["none"]).category_ids
+    return load_run_teachers(Path("unused"), kinds, cats, zero_shot=True, sam_checkpoint=None)
+
+
+def test_weak_all_writes_the_files_of_four_separate_runs(weak_files, synth_dir, tmp_path,
+                                                         detector, monkeypatch):
+    from pseudolabel.stages.generate import generate_many, jobs_for
+
+    encodes = []
+    teachers = _all_teachers(weak_files)
+    real_encode = type(teachers.encoder).encode
+    monkeypatch.setattr(type(teachers.encoder), "encode",
+                        lambda self, images: encodes.append(len(images))
+                        or real_encode(self, images))
+    _copy_weak(weak_files, tmp_path / "all")
+    opts = GenerateOptions("all", part_size=4, workers=1, box_threshold=0.0)
+    jobs = jobs_for("all", tmp_path / "all", None, opts, teachers, "random", None)
+    together = generate_many(jobs, synth_dir / "images", teachers, detector,
+                             detector_sha="random", progress=False)
+    weak_images = sum(i["kind"] != "fully_labeled" for i in load_coco(weak_files["none"]).images)
+    assert sum(encodes) == weak_images  # each image encoded once for the four settings
+    for summary in together:
+        setting = summary["setting"]
+        copies = {s: tmp_path / "all" / "weak" / f"{s}.json" for s in weak_files}
+        alone = _generate(setting, copies, synth_dir, tmp_path / setting,
+                          detector if setting != "box+class" else None)
+        assert Path(summary["out"]).read_bytes() == Path(alone["out"]).read_bytes(), setting
+
+
+def test_mixed_kind_file_gives_each_image_its_own_settings_masks(weak_files, synth_dir,
+                                                                  tmp_path, detector):
+    """A dataset labelled over time: some images tagged, some pointed, some boxed."""
+    settings = ("none", "class", "point+class", "box+class")
+    weak = {s: load_coco(p) for s, p in weak_files.items()}
+    mixed = weak["none"].to_dict()
+    kind_of, images, anns = {}, [], []
+    for k, img in enumerate(mixed["images"]):
+        kind = "fully_labeled" if img["kind"] == "fully_labeled" else settings[k % 4]
+        source = weak["box+class" if kind == "fully_labeled" else kind]
+        images.append(source.image_by_id[img["id"]])
+        anns += source.anns_by_image[img["id"]]
+        kind_of[img["id"]] = kind
+    mixed.update(images=images, annotations=anns)
+    assert len(set(kind_of.values())) == 5
+    path = tmp_path / "mixed.json"
+    save_json(path, mixed)
+    opts = GenerateOptions("mixed", part_size=4, workers=1, box_threshold=0.0)
+    out = generate(path, synth_dir / "images", tmp_path / "run", opts, _all_teachers(weak_files),
+                   detector, detector_sha="random", progress=False)
+    assert out["out"].endswith("mixed.json")
+    got = json.loads(Path(out["out"]).read_text())
+    assert got["info"]["pseudolabel"]["kinds"] == sorted(settings)
+
+    def per_image(annotations):
+        keyed: dict = {}
+        for a in annotations:
+            if a["source"] == "pseudo":
+                keyed.setdefault(a["image_id"], []).append(
+                    {k: v for k, v in a.items() if k != "id"})
+        return keyed
+
+    mine = per_image(got["annotations"])
+    for setting in settings:
+        alone = _generate(setting, weak_files, synth_dir, tmp_path / setting,
+                          detector if setting != "box+class" else None)
+        theirs = per_image(json.loads(Path(alone["out"]).read_text())["annotations"])
+        for image_id, kind in kind_of.items():
+            if kind == setting:
+                assert mine.get(image_id) == theirs.get(image_id), (setting, image_id)
+
+
+@pytest.mark.parametrize("weak, message", [
+    ("points", "expected all, mixed, or settings"),
+    ("mixed", "takes one weak file"),
+])
+def test_bad_weak_values_are_named(weak, message):
+    from pseudolabel.stages.generate import parse_settings
+
+    with pytest.raises(ValueError, match=message):
+        parse_settings(weak)
