@@ -1,9 +1,7 @@
 """Device, precision and rank: the runtime object and where every model of every stage runs."""
 
 import json
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -231,7 +229,7 @@ def test_bf16_generate_agrees_with_fp32(synth_dir, tmp_path):
     """bf16 autocast (the CPU shares this path with CUDA) vs fp32 on the shipped tiny SAM:
     pseudo-mask mIoU within 0.01 of fp32's against GT, and >= 95% of masks at IoU >= 0.9
     with their fp32 twins."""
-    from pseudolabel.evaluation.pseudo import evaluate_pseudo
+    from pseudolabel.evaluation.pseudo import evaluate_pseudo, twin_agreement
     from pseudolabel.stages.generate import GenerateOptions, generate, load_run_teachers
 
     gt_path = synth_dir / "annotations" / "train.json"
@@ -249,18 +247,5 @@ def test_bf16_generate_agrees_with_fp32(synth_dir, tmp_path):
                                     teachers, progress=False)["out"]
     scores = {p: evaluate_pseudo(load_coco(f), gt)["mIoU"] for p, f in files.items()}
     assert scores["fp32"] > 0.3 and abs(scores["bf16"] - scores["fp32"]) <= 0.01, scores
-    from pseudolabel.data.masks import rle_to_mask
-
-    twins = {}
-    for p, f in files.items():
-        for a in json.loads(Path(f).read_text())["annotations"]:
-            if a["source"] == "pseudo":
-                twins.setdefault(a["weak"]["id"], {})[p] = rle_to_mask(a["segmentation"])
-    ious = []
-    for pair in twins.values():
-        if len(pair) < 2:
-            ious.append(0.0)  # a mask one precision dropped as empty
-            continue
-        a, b = pair["fp32"], pair["bf16"]
-        ious.append((a & b).sum() / max((a | b).sum(), 1))
-    assert len(ious) > 50 and np.mean(np.asarray(ious) >= 0.9) >= 0.95, np.mean(ious)
+    agree = twin_agreement(load_coco(files["fp32"]), load_coco(files["bf16"]))
+    assert agree["pairs"] > 50 and agree["share_iou_0.9"] >= 0.95, agree

@@ -100,3 +100,33 @@ def evaluate_pseudo(pseudo: CocoDataset, gt: CocoDataset, area_scale: float | No
     }
     result.update(evaluate_masks(gt, preds, area_scale=area_scale, image_ids=ids))
     return result
+
+
+def twin_agreement(a: CocoDataset, b: CocoDataset, iou: float = 0.9) -> dict:
+    """How two pseudo-label files of the same weak labels agree, mask by mask (e.g. bf16 vs
+    fp32): each pseudo-mask of ``a`` is paired with the one of ``b`` made from the same
+    prompt (``weak.id``; in order within an image for unprompted settings), a mask only one
+    file has counting as IoU 0. Returns the mean IoU of the pairs, the share at ``iou`` or
+    more and the number of pairs."""
+    def keyed(ds: CocoDataset) -> dict:
+        out, seen = {}, defaultdict(int)
+        for ann in ds.annotations:
+            if ann.get("source") != "pseudo":
+                continue
+            weak = ann.get("weak") or {}
+            key = ("id", weak["id"]) if "id" in weak else (ann["image_id"],
+                                                           seen[ann["image_id"]])
+            seen[ann["image_id"]] += 1
+            out[key] = _rle(ds, ann)
+        return out
+
+    ka, kb = keyed(a), keyed(b)
+    ious = []
+    for key in sorted(set(ka) | set(kb), key=str):
+        if key in ka and key in kb:
+            ious.append(float(mask_utils.iou([ka[key]], [kb[key]], [0])[0, 0]))
+        else:
+            ious.append(0.0)
+    arr = np.asarray(ious)
+    return {"pairs": len(arr), "mean_iou": float(arr.mean()) if len(arr) else 1.0,
+            f"share_iou_{iou:g}": float((arr >= iou).mean()) if len(arr) else 1.0}

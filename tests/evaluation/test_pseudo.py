@@ -74,3 +74,27 @@ def test_fully_labeled_images_are_excluded(write_json):
     pseudo["images"][0]["kind"] = "fully_labeled"
     r = evaluate_pseudo(load_coco(write_json(pseudo, "p.json")), gt, area_scale=1.0)
     assert r["num_images"] == 1 and r["num_instances"] == 0  # image 2 holds only a crowd region
+
+
+def test_twin_agreement_pairs_masks_by_prompt(tmp_path):
+    from pseudolabel.evaluation.pseudo import twin_agreement
+
+    def file(name, squares):
+        anns = [{"id": k + 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": 1,
+                 "bbox": [0, 0, 1, 1], "segmentation": square_rle(10, 10, *sq),
+                 "source": "pseudo", "weak": {"id": wid}}
+                for k, (wid, sq) in enumerate(squares)]
+        path = tmp_path / name
+        path.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png", "height": 10,
+                                                "width": 10}],
+                                    "categories": [{"id": 1, "name": "x"}],
+                                    "annotations": anns}))
+        return load_coco(path)
+
+    a = file("a.json", [(7, (0, 0, 4, 4)), (8, (5, 5, 9, 9))])
+    b = file("b.json", [(8, (5, 5, 9, 9)), (7, (0, 0, 4, 2))])  # other order, one differs
+    got = twin_agreement(a, b)
+    assert got["pairs"] == 2 and got["share_iou_0.9"] == 0.5
+    assert abs(got["mean_iou"] - (1 + 0.5) / 2) < 1e-9
+    c = file("c.json", [(7, (0, 0, 4, 4))])  # a mask only one file has counts as 0
+    assert twin_agreement(a, c)["mean_iou"] == 0.5
