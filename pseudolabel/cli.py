@@ -671,11 +671,21 @@ def train_student(
         "eq. 1).")] = False,
     evaluate: Annotated[bool, typer.Option("--eval/--no-eval",
                                            help="Evaluate on the validation set.")] = True,
+    backbone_checkpoint: Annotated[str | None, typer.Option(
+        help="ImageNet ResNet weights for the backbone: a torchvision file (e.g. "
+        "resnet50-11ad3fa6.pth) or a timm / transformers folder (default: the config's "
+        "student.backbone_checkpoint; none: random init).")] = None,
+    workers: Annotated[int, typer.Option(
+        help="DataLoader processes preparing batches (decode, LSJ) ahead of the model; 0 "
+        "prepares them in the training process.")] = 2,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Train a student on GT + pseudo-masks and evaluate it (seed 001 §4.1); resumable.
+
+    Under torchrun: DistributedDataParallel, each rank its share of every global batch, rank
+    0 writes; evaluation is split across ranks.
 
     Re-running the same command after an interruption continues from the last checkpoint.
     """
@@ -700,25 +710,32 @@ def train_student(
         scfg = replace(scfg, arch=student)
         if steps is not None:
             scfg = replace(scfg, steps=steps)
+        if backbone_checkpoint is not None:
+            scfg = replace(scfg, backbone_checkpoint=backbone_checkpoint)
         if not full:  # checked before the data is made: a typo costs nothing
             train_file = pseudo if pseudo is not None else run_dir / "pseudo" / f"{weak}.json"
             name = weak.replace("+", "_")
             if not Path(train_file).is_file():
                 raise ValueError(f"{train_file}: pseudo-labels not found; run pseudolabel "
                                  f"generate --weak {weak} first")
-        data = ensure_data(cfg)
+        data = ensure_data(cfg) if rt.is_main else cfg.data
+        rt.barrier()  # rank 0 may be writing the synthetic data
         if full:
             train_file, name = data.train, "full"
         out_dir = run_dir / "student" / (f"{name}-{student}"
                                          + ("-quality" if quality_weighted else ""))
         summary = run_train(train_file, data.images, out_dir, scfg,
-                            quality_weighted=quality_weighted, runtime=rt)
-        typer.echo(f"trained {summary['steps']} steps in {summary['seconds']:.0f} s "
-                   f"(final loss {summary['final_loss']:.3f}); checkpoint in {out_dir}")
+                            quality_weighted=quality_weighted, runtime=rt,
+                            progress=rt.is_main, workers=workers)
+        if rt.is_main:
+            typer.echo(f"trained {summary['steps']} steps in {summary['seconds']:.0f} s "
+                       f"(final loss {summary['final_loss']:.3f}); checkpoint in {out_dir}")
         if evaluate:
             full_metrics = run_dir / "student" / f"full-{student}" / "metrics.json"
-            m = evaluate_student(out_dir, data.val, data.images,
+            m = evaluate_student(out_dir, data.val, data.images, progress=rt.is_main,
                                  full_metrics=None if full else full_metrics, runtime=rt)
+            if not rt.is_main:
+                return
             typer.echo(_format_ap("mask", m["segm"]))
             typer.echo(_format_ap("boundary", m["boundary"]))
             if m.get("AP_percent_of_full") is not None:

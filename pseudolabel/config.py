@@ -136,7 +136,26 @@ def check_paths(cfg: Config) -> list[str]:
         if value and value != "default" and ("/" in value or value.endswith(
                 (".pth", ".pt", ".safetensors", ".bin"))) and not Path(value).exists():
             problems.append(f"{what} not found: {value}")
+    if m.detector != "tiny" and not Path(m.detector).is_dir() and not _in_hub_cache(m.detector):
+        problems.append(f"Grounding DINO folder (models.detector) not found: {m.detector} (not "
+                        "a local folder, nor in the Hugging Face cache; copy the model folder "
+                        "there)")
+    backbone = (cfg.raw.get("student") or {}).get("backbone_checkpoint")
+    if backbone and not Path(backbone).exists():
+        problems.append(f"student backbone (student.backbone_checkpoint) not found: {backbone}")
     return problems
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    """Whether a hub model's config is in the local Hugging Face cache (usable offline)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except ValueError:  # not a valid repo id
+        return False
 
 
 def ensure_data(cfg: Config) -> DataPaths:

@@ -81,9 +81,18 @@ class SimulatedDevice(TorchDispatchMode):
         for name in ("tensor", "as_tensor"):
             real = self._saved[name] = getattr(torch, name)
             setattr(torch, name, self._host_first(real))
+        real_new = self._saved["new_tensor"] = torch.Tensor.new_tensor
+
+        def new_tensor(t, data, *args, **kwargs):
+            if isinstance(t, OnDevice) and kwargs.get("device") is None:
+                return real_new(t.elem, data, *args, **kwargs).to(t.device)
+            return real_new(t, data, *args, **kwargs)
+
+        torch.Tensor.new_tensor = new_tensor
         return super().__enter__()
 
     def __exit__(self, *exc):
+        torch.Tensor.new_tensor = self._saved.pop("new_tensor")
         for name, real in self._saved.items():
             setattr(torch, name, real)
         return super().__exit__(*exc)

@@ -46,9 +46,11 @@ def test_coco_config_carries_the_paper_values_and_names_missing_files():
 
     f = FinetuneConfig(**t.__dict__)
     assert lr_at(27654, f) == 1e-5 and lr_at(27655, f) == 1e-6  # seed 001 §4.1
-    assert cfg.models.sam == "vit_h" and cfg.models.detector.startswith("IDEA-Research/")
+    assert cfg.models.sam == "vit_h" and cfg.models.detector.endswith("grounding-dino-base")
     problems = check_paths(cfg)
     named = " ".join(problems)
-    for path in (cfg.data.train, cfg.data.val, cfg.data.images, cfg.models.sam_checkpoint):
+    backbone = cfg.raw["student"]["backbone_checkpoint"]
+    for path in (cfg.data.train, cfg.data.val, cfg.data.images, cfg.models.sam_checkpoint,
+                 cfg.models.detector, backbone):  # the detector folder and the backbone too
         assert str(path) in named
     assert all(" not found: " in p for p in problems)

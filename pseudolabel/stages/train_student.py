@@ -8,9 +8,17 @@ evaluated on the validation set (mask AP and boundary AP). Training is resumable
 checkpoints every ``save_every`` steps; re-running the command continues), stops on a
 non-finite loss, and derives every random draw from the step number.
 
-Optimiser as in Mask2Former: AdamW, lr 1e-4, weight decay 0.05, backbone lr x 0.1, poly
-schedule (power 0.9), the whole model's gradient norm clipped at 0.01. CondInst uses the same
-recipe here (its paper trains with SGD, lr 0.01), so both students differ only in the model.
+Under ``torchrun`` the model is wrapped in DistributedDataParallel; every rank takes its share
+of each global batch (``pseudolabel.students.loader``) and the losses normalise by counts
+averaged over ranks, so two ranks reach the weights one process reaches with the same global
+batch. Only rank 0 writes checkpoints, history and metrics. Images are prepared in
+``DataLoader`` workers. Evaluation splits the validation images across ranks, predicts in
+batches, and gathers the results on rank 0.
+
+Optimiser as in Mask2Former: AdamW, lr 1e-4, weight decay 0.05, backbone lr x 0.1 (only for a
+pre-trained backbone, ``backbone_checkpoint``), poly schedule (power 0.9), the whole model's
+gradient norm clipped at 0.01. CondInst uses the same recipe here (its paper trains with SGD,
+lr 0.01), so both students differ only in the model.
 """
 
 from __future__ import annotations
@@ -20,9 +28,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from pseudolabel.data.coco import load_coco
@@ -32,11 +41,12 @@ from pseudolabel.evaluation.coco_eval import evaluate_masks
 from pseudolabel.pretrain.loop import load_state, train
 from pseudolabel.runtime import CPU, Runtime
 from pseudolabel.students.condinst import CondInst
-from pseudolabel.students.data import InstanceData, large_scale_jitter, resize_for_inference
+from pseudolabel.students.data import InstanceData, resize_for_inference
+from pseudolabel.students.loader import StepBatches, step_loader
 from pseudolabel.students.mask2former import (
     build_mask2former,
     instance_inference,
-    use_quality_weights,
+    use_student_loss,
 )
 
 
@@ -51,7 +61,8 @@ class StudentConfig:
     batch: int = 8
     lr: float = 3e-4  # tiny preset from scratch: 3e-4 beat 1e-4 (loss 28.3 vs 33.8 at 600)
     weight_decay: float = 0.05
-    backbone_lr_factor: float = 1.0  # 0.1 protects a pre-trained backbone; this one is not
+    backbone_lr_factor: float = 0.1  # the paper's; applied only with backbone_checkpoint
+    backbone_checkpoint: str | None = None  # ImageNet ResNet file or folder (backbones.py)
     poly_power: float = 0.9
     clip_norm: float = 0.01
     size: int = 160
@@ -62,119 +73,152 @@ class StudentConfig:
     num_points: int | None = None
     topk: int = 50
     save_every: int = 100
+    eval_batch: int = 8
     seed: int = 0
-
-
-def _batch(data: InstanceData, step: int, cfg: StudentConfig) -> list:
-    """The step's images (a seeded permutation per epoch, consecutive slices) after LSJ."""
-    per_epoch = max(1, len(data) // cfg.batch)
-    perm = np.random.default_rng([cfg.seed, 1, step // per_epoch]).permutation(len(data))
-    start = (step % per_epoch) * cfg.batch
-    rng = np.random.default_rng([cfg.seed, 0, step])
-    return [large_scale_jitter(*data.load(int(perm[(start + i) % len(data)])), rng, cfg.size,
-                               (cfg.scale_min, cfg.scale_max)) for i in range(cfg.batch)]
 
 
 ARCHS = ("mask2former", "condinst")
 
 
-def build_student(cfg: StudentConfig, num_labels: int) -> torch.nn.Module:
+def build_student(cfg: StudentConfig, num_labels: int, pretrained: bool = True
+                  ) -> torch.nn.Module:
+    """The student of ``cfg`` (seeded init; the backbone's ImageNet weights when
+    ``backbone_checkpoint`` is set and ``pretrained``: a checkpoint will overwrite them)."""
+    backbone = cfg.backbone_checkpoint if pretrained else None
     if cfg.arch == "mask2former":
-        return build_mask2former(cfg.preset, num_labels, num_queries=cfg.num_queries,
-                                 decoder_layers=cfg.decoder_layers, num_points=cfg.num_points)
+        model = build_mask2former(cfg.preset, num_labels, num_queries=cfg.num_queries,
+                                  decoder_layers=cfg.decoder_layers,
+                                  num_points=cfg.num_points, backbone=backbone)
+        use_student_loss(model)
+        return model
     if cfg.arch == "condinst":
         torch.manual_seed(0)
-        return CondInst(num_labels, cfg.preset)
+        return CondInst(num_labels, cfg.preset, backbone=backbone)
     raise ValueError(f"unknown student {cfg.arch!r}; expected one of {ARCHS}")
 
 
-def _student_loss(model, samples: list, cfg: StudentConfig, runtime: Runtime) -> torch.Tensor:
-    """The batch's loss: the network under autocast, the loss itself in fp32."""
+def _student_loss(model, module, samples: list, seeds: list[int], cfg: StudentConfig,
+                  runtime: Runtime) -> torch.Tensor:
+    """The batch's loss: the network (``model``, DDP-wrapped or not) under autocast, the loss
+    itself in fp32 (``module``: the unwrapped model)."""
     dev = runtime.device
     pixels = torch.stack([s.pixels for s in samples]).to(dev, non_blocking=True)
+    masks = [s.masks.to(dev, non_blocking=True).float() for s in samples]
+    labels = [s.labels.to(dev) for s in samples]
     if cfg.arch == "condinst":
-        targets = [{"boxes": torch.as_tensor(masks_to_boxes_xyxy(s.masks.bool().numpy()))
-                    .float().to(dev), "labels": s.labels.to(dev), "masks": s.masks.to(dev),
-                    "weights": s.weights.to(dev)} for s in samples]
+        targets = [{"boxes": torch.as_tensor(masks_to_boxes_xyxy(s.masks.numpy()))
+                    .float().to(dev), "labels": lab, "masks": m, "weights": s.weights.to(dev)}
+                   for s, m, lab in zip(samples, masks, labels, strict=True)]
         with runtime.autocast():
             heads = model(pixels)
-        return model.losses_from_heads(heads, targets)["loss"]
+        return module.losses_from_heads(heads, targets)["loss"]
     valid = torch.stack([s.valid for s in samples]).long().to(dev)
     with runtime.autocast():
         out = model(pixel_values=pixels, pixel_mask=valid, output_auxiliary_logits=True)
+    module.criterion.image_seeds = seeds
     aux = [{k: v.float() for k, v in a.items()} for a in out.auxiliary_logits]
-    losses = model.get_loss_dict(out.masks_queries_logits.float(),
-                                 out.class_queries_logits.float(),
-                                 [s.masks.to(dev) for s in samples],
-                                 [s.labels.to(dev) for s in samples], aux)
-    return model.get_loss(losses)
+    losses = module.get_loss_dict(out.masks_queries_logits.float(),
+                                  out.class_queries_logits.float(), masks, labels, aux)
+    return module.get_loss(losses)
 
 
 def _optimizer(model, cfg: StudentConfig) -> torch.optim.Optimizer:
+    factor = cfg.backbone_lr_factor if cfg.backbone_checkpoint else 1.0
     backbone = [p for n, p in model.named_parameters()
                 if ".pixel_level_module.encoder." in n or n.startswith("body.")]
     ids = {id(p) for p in backbone}
     rest = [p for p in model.parameters() if id(p) not in ids]
-    return torch.optim.AdamW([{"params": backbone, "lr_factor": cfg.backbone_lr_factor},
+    return torch.optim.AdamW([{"params": backbone, "lr_factor": factor},
                               {"params": rest, "lr_factor": 1.0}],
                              lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _check_settings(out_dir: Path, settings: dict, runtime: Runtime) -> None:
+    path = out_dir / "settings.json"
+    if path.is_file() and json.loads(path.read_text()) != settings:
+        raise ValueError(f"{out_dir}: holds a student trained with other settings; use "
+                         "another output folder or delete it")
+    if runtime.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(settings, indent=2) + "\n")
 
 
 def train_student(train_path: str | Path, image_root: str | Path, out_dir: str | Path,
                   cfg: StudentConfig = StudentConfig(), *, quality_weighted: bool = False,
                   progress: bool = True, stop_after: int | None = None,
-                  runtime: Runtime = CPU) -> dict:
+                  runtime: Runtime = CPU, workers: int = 0) -> dict:
     """Train (or resume) a student (``cfg.arch``) on ``train_path``; checkpoint in ``out_dir``.
 
     ``quality_weighted`` scales each mask's loss by its annotation's ``score`` (the teacher's
     predicted IoU of a pseudo-mask; GT masks, which have none, weigh 1). The model trains on
-    ``runtime.device`` under its autocast (fp16 with a gradient scaler).
+    ``runtime.device`` under its autocast (fp16 with a gradient scaler), under DDP when the
+    runtime has several ranks; ``workers`` DataLoader processes prepare the batches.
     """
     out_dir = Path(out_dir)
     data = InstanceData(train_path, image_root, weight_key="score" if quality_weighted else None)
-    model = build_student(cfg, len(data.coco.category_ids)).to(runtime.device)
-    # Mask2Former takes the weights through its criterion; CondInst reads them from targets
-    criterion = use_quality_weights(model) if quality_weighted and cfg.arch == "mask2former" \
-        else None
-    model.train()
-    opt = _optimizer(model, cfg)
+    module = build_student(cfg, len(data.category_ids)).to(runtime.device)
+    module.train()
+    _check_settings(out_dir, {"config": asdict(cfg), "train": str(train_path),
+                              "categories": data.category_ids,
+                              "quality_weighted": quality_weighted}, runtime)
+    runtime.barrier()
+    model = module
+    if runtime.distributed:
+        model = DistributedDataParallel(
+            module, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None,
+            find_unused_parameters=True)  # a rank without positives skips CondInst's mask head
+    opt = _optimizer(module, cfg)
     scaler = runtime.grad_scaler()
-    settings = {"config": asdict(cfg), "train": str(train_path),
-                "categories": data.coco.category_ids, "quality_weighted": quality_weighted}
-    settings_path = out_dir / "settings.json"
-    if settings_path.is_file() and json.loads(settings_path.read_text()) != settings:
-        raise ValueError(f"{out_dir}: holds a student trained with other settings; use "
-                         "another output folder or delete it")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    settings_path.write_text(json.dumps(settings, indent=2) + "\n")
+    state: dict = {}
+
+    def batches(step: int):
+        """This rank's share of ``step``, from a loader started at the first step asked for."""
+        if "it" not in state:
+            end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
+            ds = StepBatches(data, batch=cfg.batch, rank=runtime.rank,
+                             world=runtime.world_size, seed=cfg.seed, size=cfg.size,
+                             scale_range=(cfg.scale_min, cfg.scale_max), start=step, end=end)
+            state["it"] = iter(step_loader(ds, workers, runtime.device.type == "cuda"))
+            state["next"] = step
+        if step != state["next"]:
+            raise RuntimeError(f"steps out of order: {step} after {state['next'] - 1}")
+        state["next"] += 1
+        return next(state["it"])
 
     def step_fn(step: int) -> dict:
         # the loss samples points with torch's generator: seed it from the step so a resumed
         # run draws what an uninterrupted one would
         torch.manual_seed(cfg.seed * 1_000_003 + step)
-        samples = _batch(data, step, cfg)
-        if criterion is not None:  # seed 000 eq. 1: each mask's loss times its score
-            criterion.instance_weights = [smp.weights.to(runtime.device) for smp in samples]
+        samples, seeds = batches(step)
+        if quality_weighted and cfg.arch == "mask2former":  # seed 000 eq. 1
+            module.criterion.instance_weights = [smp.weights.to(runtime.device)
+                                                 for smp in samples]
         factor = (1 - step / cfg.steps) ** cfg.poly_power
         for g in opt.param_groups:
             g["lr"] = cfg.lr * factor * g["lr_factor"]
-        loss = _student_loss(model, samples, cfg, runtime)
+        loss = _student_loss(model, module, samples, seeds, cfg, runtime)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite student loss {float(loss)} at step {step}; "
                                      "stopping (lower the learning rate or check the labels)")
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(opt)  # clip the true gradients
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+        torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.clip_norm)
         scaler.step(opt)
         scaler.update()
-        return {"loss": float(loss.detach())}
+        value = loss.detach().float()
+        if runtime.distributed:  # the history holds the global batch's loss
+            dist.all_reduce(value)
+            value /= runtime.world_size
+        return {"loss": float(value)}
 
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
-    history = train(model, opt, step_fn, steps=cfg.steps, state_path=out_dir / "state.pt",
+    history = train(module, opt, step_fn, steps=cfg.steps, state_path=out_dir / "state.pt",
                     every=cfg.save_every, desc="student", stop_after=stop_after,
-                    progress=progress, scaler=scaler)
+                    progress=progress and runtime.is_main, save=runtime.is_main,
+                    scaler=scaler)
+    runtime.barrier()  # rank 0's last checkpoint is on disk before anyone reads it
     return {"out": str(out_dir), "steps": len(history), "seconds": time.perf_counter() - t0,
             "final_loss": history[-1]["loss"] if history else None}
 
@@ -185,7 +229,7 @@ def load_student(out_dir: str | Path, num_labels: int, runtime: Runtime = CPU
     out_dir = Path(out_dir)
     settings = json.loads((out_dir / "settings.json").read_text())
     cfg = StudentConfig(**settings["config"])
-    model = build_student(cfg, num_labels).to(runtime.device)
+    model = build_student(cfg, num_labels, pretrained=False).to(runtime.device)
     load_state(out_dir / "state.pt", model, _optimizer(model, cfg))
     return model.eval()
 
@@ -193,33 +237,40 @@ def load_student(out_dir: str | Path, num_labels: int, runtime: Runtime = CPU
 @torch.no_grad()
 def predict(model, images: list[dict], image_root: str | Path, cfg: StudentConfig,
             categories: list[int], progress: bool = True, runtime: Runtime = CPU) -> list[dict]:
-    """COCO results (RLE) of ``model`` on ``images`` (COCO image dicts)."""
+    """COCO results (RLE) of ``model`` on ``images`` (COCO image dicts), ``cfg.eval_batch``
+    images per forward; results leave the device once per image."""
     results = []
     dev = runtime.device
-    for img in tqdm(images, desc="student predict", unit="img", disable=not progress):
-        pixels = load_image(resolve_image_path(image_root, img["file_name"]))
-        x, valid, vsize = resize_for_inference(pixels, cfg.size)
-        x, valid = x.to(dev), valid.to(dev)
-        if cfg.arch == "condinst":
-            with runtime.autocast():
-                det = model.detect(x[None], topk=cfg.topk)[0]
-            logits = F.interpolate(det["mask_logits"][None], scale_factor=4, mode="bilinear",
-                                   align_corners=False)[0][:, : vsize[0], : vsize[1]]
-            logits = F.interpolate(logits[None], pixels.shape[:2], mode="bilinear",
-                                   align_corners=False)[0]
-            masks, scores, labels = logits > 0, det["scores"], det["labels"]
-        else:
-            with runtime.autocast():
-                out = model(pixel_values=x[None], pixel_mask=valid[None].long())
-            masks, scores, labels = instance_inference(
-                out.class_queries_logits[0].float(), out.masks_queries_logits[0].float(), vsize,
-                cfg.size, pixels.shape[:2], cfg.topk)
-        masks, scores, labels = masks.cpu(), scores.cpu(), labels.cpu()  # once per image
-        keep = masks.flatten(1).any(1)
-        for rle, s, c in zip(masks_to_rles(masks[keep].numpy()), scores[keep], labels[keep],
-                             strict=True):
-            results.append({"image_id": img["id"], "category_id": int(categories[int(c)]),
-                            "segmentation": rle, "score": round(float(s), 6)})
+    bar = tqdm(total=len(images), desc="student predict", unit="img", disable=not progress)
+    for s in range(0, len(images), cfg.eval_batch):
+        batch = images[s: s + cfg.eval_batch]
+        pixels = [load_image(resolve_image_path(image_root, img["file_name"])) for img in batch]
+        prepared = [resize_for_inference(p, cfg.size) for p in pixels]
+        x = torch.stack([p[0] for p in prepared]).to(dev)
+        valid = torch.stack([p[1] for p in prepared]).to(dev)
+        with runtime.autocast():
+            out = model.detect(x, topk=cfg.topk) if cfg.arch == "condinst" \
+                else model(pixel_values=x, pixel_mask=valid.long())
+        for b, (img, px, (_, _, vsize)) in enumerate(zip(batch, pixels, prepared, strict=True)):
+            if cfg.arch == "condinst":
+                det = out[b]
+                logits = F.interpolate(det["mask_logits"][None].float(), scale_factor=4,
+                                       mode="bilinear", align_corners=False)[0]
+                logits = F.interpolate(logits[None, :, : vsize[0], : vsize[1]], px.shape[:2],
+                                       mode="bilinear", align_corners=False)[0]
+                masks, scores, labels = logits > 0, det["scores"].float(), det["labels"]
+            else:
+                masks, scores, labels = instance_inference(
+                    out.class_queries_logits[b].float(), out.masks_queries_logits[b].float(),
+                    vsize, cfg.size, px.shape[:2], cfg.topk)
+            masks, scores, labels = masks.cpu(), scores.cpu(), labels.cpu()
+            keep = masks.flatten(1).any(1)
+            for rle, sc, c in zip(masks_to_rles(masks[keep].numpy()), scores[keep],
+                                  labels[keep], strict=True):
+                results.append({"image_id": img["id"], "category_id": int(categories[int(c)]),
+                                "segmentation": rle, "score": round(float(sc), 6)})
+        bar.update(len(batch))
+    bar.close()
     return results
 
 
@@ -235,7 +286,15 @@ def evaluate_student(out_dir: str | Path, val_path: str | Path, image_root: str 
     categories = settings["categories"]
     model = load_student(out_dir, len(categories), runtime)
     val = load_coco(val_path)
-    preds = predict(model, val.images, image_root, cfg, categories, progress, runtime)
+    mine = val.images[runtime.rank::runtime.world_size]  # each rank its share, gathered
+    preds = predict(model, mine, image_root, cfg, categories, progress and runtime.is_main,
+                    runtime)
+    if runtime.distributed:
+        parts = [None] * runtime.world_size
+        dist.all_gather_object(parts, preds)
+        preds = [p for part in parts for p in part]
+    if not runtime.is_main:
+        return {}
     result = evaluate_masks(val, preds)
     metrics = {"train": settings["train"], "val": str(val_path), "segm": result["segm"],
                "boundary": result["boundary"], "num_predictions": len(preds)}

@@ -23,9 +23,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import resnet18, resnet50
+from torchvision.models import resnet18, resnet50, resnet101
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import batched_nms, generalized_box_iou_loss, sigmoid_focal_loss
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelP6P7
@@ -46,6 +47,16 @@ def _tower(channels: int, depth: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def _rank_mean(*values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Each value summed over the ``torch.distributed`` ranks and divided by their number
+    (the values unchanged in one process)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    stacked = torch.stack([v.detach().float() for v in values])
+    dist.all_reduce(stacked)
+    return tuple(stacked / dist.get_world_size())
+
+
 class CondInst(nn.Module):
     """``forward(images)``: head outputs; ``losses(images, targets)`` in training,
     ``detect(images)`` in eval.
@@ -54,15 +65,24 @@ class CondInst(nn.Module):
     pixels), ``labels`` (class indices), ``masks`` ``(N, S, S)`` float, optional ``weights``.
     """
 
-    def __init__(self, num_classes: int, preset: str = "tiny") -> None:
+    def __init__(self, num_classes: int, preset: str = "tiny",
+                 backbone: str | None = None) -> None:
         super().__init__()
-        if preset not in ("tiny", "r50"):
-            raise ValueError(f"unknown CondInst preset {preset!r}; expected tiny or r50")
-        resnet, chans, width, depth = ((resnet18(), (128, 256, 512), 64, 2) if preset == "tiny"
-                                       else (resnet50(), (512, 1024, 2048), 256, 4))
+        presets = {"tiny": (resnet18, (128, 256, 512), 64, 2),
+                   "r50": (resnet50, (512, 1024, 2048), 256, 4),
+                   "r101": (resnet101, (512, 1024, 2048), 256, 4)}
+        if preset not in presets:
+            raise ValueError(f"unknown CondInst preset {preset!r}; expected one of "
+                             f"{', '.join(presets)}")
+        make, chans, width, depth = presets[preset]
+        resnet = make()
         self.num_classes = num_classes
         self.body = IntermediateLayerGetter(resnet, {"layer2": "c3", "layer3": "c4",
                                                      "layer4": "c5"})
+        if backbone is not None:  # ImageNet weights, loaded strictly
+            from pseudolabel.students.backbones import load_condinst_backbone
+
+            load_condinst_backbone(self.body, backbone)
         self.fpn = FeaturePyramidNetwork(list(chans), width, LastLevelP6P7(width, width))
         self.cls_tower, self.box_tower = _tower(width, depth), _tower(width, depth)
         self.cls_logits = nn.Conv2d(width, num_classes, 3, padding=1)
@@ -183,11 +203,15 @@ class CondInst(nn.Module):
                                                             reduction="none"))
             total_pos += len(pos)
             mask_rows += [(b, int(p), int(k)) for p, k in zip(pos, gt, strict=True)]
-        num_pos = max(total_pos, 1)
+        # normalisers averaged over ranks (FCOS/AdelaiDet's reduce_sum / world): each rank's
+        # share of the global sum, so DDP's gradient average equals one process's gradient
+        ctr_total = torch.cat(ctr_sum).sum().detach() if total_pos else cls.new_zeros(())
+        num_pos, ctr_norm = _rank_mean(cls.new_tensor(float(total_pos)), ctr_total)
+        num_pos = num_pos.clamp_min(1.0)
         out = {"loss_cls": sigmoid_focal_loss(cls, cls_t, reduction="sum") / num_pos}
         zero = cls.new_zeros(())
         if total_pos:
-            out["loss_box"] = torch.cat(box_l).sum() / torch.cat(ctr_sum).sum().clamp_min(1e-6)
+            out["loss_box"] = torch.cat(box_l).sum() / ctr_norm.clamp_min(1e-6)
             out["loss_ctr"] = torch.cat(ctr_l).sum() / num_pos
         else:
             out["loss_box"] = out["loss_ctr"] = zero
@@ -197,6 +221,7 @@ class CondInst(nn.Module):
 
     def _mask_loss(self, rows, par, xy, mask_feats, targets, zero) -> torch.Tensor:
         if not rows:
+            _rank_mean(zero.detach())  # every rank joins the collective
             return zero
         if len(rows) > MAX_MASK_INSTANCES:
             keep = torch.randperm(len(rows), device="cpu")[:MAX_MASK_INSTANCES].tolist()
@@ -218,7 +243,8 @@ class CondInst(nn.Module):
             w = targets[b].get("weights")
             weights.append(w[tgt] if w is not None else torch.ones_like(dice))
         losses, weights = torch.cat(losses), torch.cat(weights)
-        return (weights * losses).sum() / len(losses)
+        (count,) = _rank_mean(losses.new_tensor(float(len(losses))))
+        return (weights * losses).sum() / count.clamp_min(1.0)
 
     # -- inference -----------------------------------------------------------------------
     @torch.no_grad()
