@@ -44,17 +44,25 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_weights(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """``load_state_dict(strict=True)`` with an error listing missing and unexpected keys."""
-    result = module.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        def show(keys):
-            return ", ".join(keys[:8]) + (f" (+{len(keys) - 8} more)" if len(keys) > 8 else "")
+    """``load_state_dict(strict=True)`` with an error listing missing and unexpected keys and
+    shape mismatches, before anything is copied."""
+    def show(keys):
+        return ", ".join(keys[:8]) + (f" (+{len(keys) - 8} more)" if len(keys) > 8 else "")
 
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    # buffers a module may rebuild itself (FrozenBatchNorm drops num_batches_tracked)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in unexpected if not k.endswith("num_batches_tracked")]
+    if missing or unexpected or shapes:
         raise ValueError(
             f"{source}: weights do not fit {type(module).__name__}: "
-            f"missing keys [{show(result.missing_keys)}], "
-            f"unexpected keys [{show(result.unexpected_keys)}]"
-        )
+            f"missing keys [{show(missing)}], unexpected keys [{show(unexpected)}]"
+            + (f", shape mismatches [{show(shapes)}]" if shapes else ""))
+    module.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
 
 
 def save_safetensors(path: str | Path, state: dict[str, torch.Tensor],

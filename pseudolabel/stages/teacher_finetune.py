@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from pseudolabel.data.coco import load_coco, save_json
 from pseudolabel.data.images import resolve_image_path
@@ -97,8 +98,7 @@ def finetune_teachers(*, gt_path: str | Path, image_root: str | Path, run_dir: s
     ckpt = assets.resolve(sam_checkpoint, "sam") if sam_checkpoint else None
     base = load_base_sam(sam_model, sam_checkpoint).to(runtime.device)
     pe = base.prompt_encoder
-    cache = EmbeddingCache(run_dir / "cache", encoder_key(sam_model, ckpt),
-                           len(split["fully_labeled"]),
+    cache = EmbeddingCache(run_dir / "cache", encoder_key(sam_model, ckpt), 0,
                            (pe.embed_dim, *pe.image_embedding_size))
     keys, samples = {}, []
     rows = {c: r for r, c in enumerate(gt.category_ids)}
@@ -109,12 +109,10 @@ def finetune_teachers(*, gt_path: str | Path, image_root: str | Path, run_dir: s
         for ann in gt.anns_by_image[image_id]:
             if not ann.get("iscrowd", 0) and "segmentation" in ann:
                 samples.append(Sample(keys[image_id][0], gt.rle(ann), rows[ann["category_id"]]))
-    if main:
-        cache.fill(list(keys.values()), PromptedSam(base, runtime=runtime), progress=progress)
-    if runtime.distributed:
-        runtime.barrier()
-        cache = EmbeddingCache(run_dir / "cache", encoder_key(sam_model, ckpt), 0,
-                               (pe.embed_dim, *pe.image_embedding_size))
+    # every rank encodes its share of the images (image k by rank k mod world), then all read
+    cache.fill(list(keys.values()), PromptedSam(base, runtime=runtime),
+               progress=progress and main, rank=runtime.rank, world=runtime.world_size,
+               barrier=runtime.barrier)
     names = [gt.category_by_id[c]["name"] for c in gt.category_ids]
     needs_text = class_aware and any(TEACHERS[t].class_aware for t in teachers)
     text = build_text_encoder(text_encoder, checkpoint=text_checkpoint,
@@ -128,6 +126,11 @@ def finetune_teachers(*, gt_path: str | Path, image_root: str | Path, run_dir: s
         torch.manual_seed(cfg.seed)
         teacher = build_teacher(on_shared_encoder(base), kind.class_aware, text, runtime)
         module = trainable(teacher)
+        model = module
+        if runtime.distributed:  # gradients averaged over ranks; the frozen encoder stays out
+            model = DistributedDataParallel(
+                module, device_ids=[runtime.device.index] if runtime.device.type == "cuda"
+                else None, find_unused_parameters=True)  # e.g. a box teacher's point embeds
         params = [p for p in module.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         scaler = runtime.grad_scaler()
@@ -137,8 +140,8 @@ def finetune_teachers(*, gt_path: str | Path, image_root: str | Path, run_dir: s
                             "text_encoder": text_encoder if kind.class_aware else None,
                             "split_hash": split["hash"]}, main)
         history = train(module, opt,
-                        lambda s, t=teacher, k=kind, o=opt, p=params, sc=scaler: train_step(
-                            t, k, cache, samples, o, p, s, cfg, sc),
+                        lambda s, t=teacher, k=kind, o=opt, p=params, sc=scaler, m=model:
+                        train_step(t, k, cache, samples, o, p, s, cfg, sc, m),
                         steps=cfg.steps, state_path=out / "state.pt", every=max(1, cfg.steps // 10),
                         desc=f"teacher {kind.name}", stop_after=stop_after,
                         progress=progress and main, save=main, scaler=scaler)

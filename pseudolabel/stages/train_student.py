@@ -48,6 +48,7 @@ from pseudolabel.students.mask2former import (
     instance_inference,
     use_student_loss,
 )
+from pseudolabel.students.norm import freeze_batch_norm, sync_batch_norm
 
 
 @dataclass(frozen=True)
@@ -90,11 +91,16 @@ def build_student(cfg: StudentConfig, num_labels: int, pretrained: bool = True
                                   decoder_layers=cfg.decoder_layers,
                                   num_points=cfg.num_points, backbone=backbone)
         use_student_loss(model)
-        return model
-    if cfg.arch == "condinst":
+        body = model.model.pixel_level_module.encoder
+    elif cfg.arch == "condinst":
         torch.manual_seed(0)
-        return CondInst(num_labels, cfg.preset, backbone=backbone)
-    raise ValueError(f"unknown student {cfg.arch!r}; expected one of {ARCHS}")
+        model = CondInst(num_labels, cfg.preset, backbone=backbone)
+        body = model.body
+    else:
+        raise ValueError(f"unknown student {cfg.arch!r}; expected one of {ARCHS}")
+    if cfg.backbone_checkpoint:  # an ImageNet backbone keeps its BN (detectron2's FrozenBN)
+        freeze_batch_norm(body)
+    return model
 
 
 def _student_loss(model, module, samples: list, seeds: list[int], cfg: StudentConfig,
@@ -157,6 +163,8 @@ def train_student(train_path: str | Path, image_root: str | Path, out_dir: str |
     out_dir = Path(out_dir)
     data = InstanceData(train_path, image_root, weight_key="score" if quality_weighted else None)
     module = build_student(cfg, len(data.category_ids)).to(runtime.device)
+    if runtime.distributed:  # BN over the global batch (ranks train as one process)
+        sync_batch_norm(module, runtime.device)
     module.train()
     _check_settings(out_dir, {"config": asdict(cfg), "train": str(train_path),
                               "categories": data.category_ids,

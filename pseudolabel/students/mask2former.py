@@ -160,9 +160,11 @@ class StudentLoss(Mask2FormerLoss):
       loss drawn per image from its own seed, so an image's loss does not depend on the
       images beside it in the batch or on another rank: two ranks train as one process;
     * the number of masks averaged over ``torch.distributed`` ranks (transformers averages
-      it only under ``accelerate``), as the reference implementation normalises.
+      it only under ``accelerate``), as the reference implementation normalises, and the
+      class loss's weighted mean taken over the global batch (each rank divides its weighted
+      sum by the ranks' mean total weight), so DDP's gradient average is one process's.
 
-    The class loss and the matching are otherwise unchanged.
+    The matching is otherwise unchanged.
     """
 
     instance_weights: list[torch.Tensor] | None = None
@@ -189,6 +191,20 @@ class StudentLoss(Mask2FormerLoss):
             dist.all_reduce(num)
             num = num / _world()
         return num.clamp(min=1)
+
+    def loss_labels(self, class_queries_logits, class_labels, indices):
+        if _world() == 1:
+            return super().loss_labels(class_queries_logits, class_labels, indices)
+        b, q, _ = class_queries_logits.shape
+        idx = self._get_predictions_permutation_indices(indices)
+        target = torch.full((b, q), self.num_labels, dtype=torch.int64,
+                            device=class_queries_logits.device)
+        target[idx] = torch.cat([t[j] for t, (_, j) in zip(class_labels, indices, strict=True)])
+        ce = F.cross_entropy(class_queries_logits.transpose(1, 2), target, reduction="none")
+        w = self.empty_weight[target]
+        total = w.sum().detach().clone()
+        dist.all_reduce(total)
+        return {"loss_cross_entropy": (w * ce).sum() / (total / _world())}
 
     def loss_masks(self, masks_queries_logits, mask_labels, indices, num_masks):
         if self.instance_weights is None and self.image_seeds is None:

@@ -88,14 +88,29 @@ def build_teacher(sam: Sam, class_aware: bool,
     return PromptedSam(sam, encoder, class_embeddings, runtime=runtime)
 
 
-def trainable(teacher: PromptedSam) -> nn.ModuleDict:
+class TeacherParts(nn.ModuleDict):
+    """What fine-tuning updates and a teacher checkpoint stores (the mask decoder and the
+    plain or class-aware prompt encoder), with a forward that decodes through them, so
+    DistributedDataParallel can wrap exactly these parts (not the frozen image encoder)."""
+
+    def __init__(self, teacher: PromptedSam) -> None:
+        parts = {"mask_decoder": teacher.sam.mask_decoder}
+        if teacher.class_encoder is None:
+            parts["prompt_encoder"] = teacher.sam.prompt_encoder
+        else:
+            parts["class_encoder"] = teacher.class_encoder
+        super().__init__(parts)
+        self._teacher = [teacher]  # a plain reference, not a submodule
+
+    def forward(self, embeddings, points, boxes, class_ids, multimask: bool):
+        """``PromptedSam.decode_tensors`` of the teacher (one embedding per prompt)."""
+        return self._teacher[0].decode_tensors(embeddings, points, boxes, None, class_ids,
+                                               multimask)
+
+
+def trainable(teacher: PromptedSam) -> TeacherParts:
     """What fine-tuning updates and a teacher checkpoint stores."""
-    parts = {"mask_decoder": teacher.sam.mask_decoder}
-    if teacher.class_encoder is None:
-        parts["prompt_encoder"] = teacher.sam.prompt_encoder
-    else:
-        parts["class_encoder"] = teacher.class_encoder
-    return nn.ModuleDict(parts)
+    return TeacherParts(teacher)
 
 
 def save_teacher(path_stem: Path, teacher: PromptedSam, meta: dict) -> None:

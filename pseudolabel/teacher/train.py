@@ -5,17 +5,22 @@ prompts from their masks (tight box, one uniformly drawn positive point, the cla
 them on the cached image embeddings, and applies the point-sampled 5 x BCE + 5 x dice loss;
 single-point prompts use multimask output and the lowest-loss mask; the IoU head is fitted
 with MSE to each output's true IoU.
+
+The global batch is a function of ``(seed, step)``; under ``torchrun`` rank r takes its
+slice of it, and each instance's point and loss samples come from ``(seed, step, position)``,
+so with DistributedDataParallel averaging the ranks' gradients, two ranks take the step one
+process takes with the same global batch.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from pseudolabel.data.masks import rle_to_mask
 from pseudolabel.models.predictor import PromptedSam
@@ -62,64 +67,71 @@ def input_frame_targets(masks: np.ndarray, predictor: PromptedSam) -> torch.Tens
     return F.pad(t, (0, s - w, 0, s - h))
 
 
-def _prompts(masks: np.ndarray, kind: TeacherKind, rng: np.random.Generator):
-    boxes = points = None
-    if kind.box:
-        boxes = np.zeros((len(masks), 4))
-        for i, m in enumerate(masks):
-            ys, xs = np.nonzero(m)
-            boxes[i] = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+def _prompts(mask: np.ndarray, kind: TeacherKind, rng: np.random.Generator):
+    """One instance's box ``(1, 4)`` and point ``(1, 2)`` (SAM's pixel-index convention)."""
+    ys, xs = np.nonzero(mask)
+    boxes = np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=np.float64) \
+        if kind.box else None
+    points = None
     if kind.point:
-        points = np.zeros((len(masks), 2))
-        for i, m in enumerate(masks):
-            ys, xs = np.nonzero(m)
-            j = rng.integers(len(ys))
-            points[i] = (xs[j], ys[j])  # SAM's pixel-index convention
+        j = rng.integers(len(ys))
+        points = np.array([[xs[j], ys[j]]], dtype=np.float64)
     return boxes, points
+
+
+def batch_positions(num_samples: int, step: int, cfg: FinetuneConfig, rank: int,
+                    world: int) -> list[tuple[int, int]]:
+    """This rank's ``(position in the global batch, sample index)`` pairs of ``step``."""
+    if cfg.batch % world:
+        raise ValueError(f"teacher batch {cfg.batch} does not split over {world} ranks; use "
+                         "a multiple of the number of processes")
+    rng = np.random.default_rng([cfg.seed, step])
+    chosen = rng.choice(num_samples, size=cfg.batch, replace=num_samples < cfg.batch)
+    per_rank = cfg.batch // world
+    return [(p, int(chosen[p])) for p in range(rank * per_rank, (rank + 1) * per_rank)]
 
 
 def train_step(teacher: PromptedSam, kind: TeacherKind, cache, samples: list[Sample],
                optimizer, params: list[torch.nn.Parameter], step: int,
-               cfg: FinetuneConfig, scaler: torch.amp.GradScaler | None = None) -> dict:
+               cfg: FinetuneConfig, scaler: torch.amp.GradScaler | None = None,
+               model: torch.nn.Module | None = None) -> dict:
     """One optimiser step on ``teacher.runtime``'s device (autocast inside the decoder,
-    losses in fp32; ``scaler`` for fp16)."""
+    losses in fp32; ``scaler`` for fp16). ``model`` is the trainable parts' forward
+    (``TeacherParts``, DDP-wrapped under ``torchrun``); without it the teacher decodes."""
     runtime = teacher.runtime
-    rank, world = runtime.rank, runtime.world_size
     dev = runtime.device
-    rng = np.random.default_rng([cfg.seed, step, rank])
-    gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
-    per_rank = max(1, cfg.batch // world)
-    chosen = rng.choice(len(samples), size=per_rank, replace=len(samples) < per_rank)
-    by_image: dict[str, list[Sample]] = defaultdict(list)
-    for i in chosen:
-        by_image[samples[i].image_key].append(samples[i])
-    # Prompts and targets per image (coordinates depend on its size), then one decode for
-    # the whole batch: row i of ``embs`` is the cached embedding of prompt i's image.
-    embs, points, boxes, classes, targets, low_targets = [], [], [], [], [], []
-    for key, group in by_image.items():
-        emb = cache.get(key)
-        masks = np.stack([rle_to_mask(s.rle) for s in group])
-        b, p = _prompts(masks, kind, rng)
+    mine = batch_positions(len(samples), step, cfg, runtime.rank, runtime.world_size)
+    embs, points, boxes, classes, targets, low_targets, gens = [], [], [], [], [], [], []
+    for pos, index in mine:
+        sample = samples[index]
+        rng = np.random.default_rng([cfg.seed, step, pos])
+        gens.append(torch.Generator().manual_seed(int(rng.integers(2**62))))
+        emb = cache.get(sample.image_key)
+        mask = rle_to_mask(sample.rle)[None]
+        b, p = _prompts(mask[0], kind, rng)
         pt, bx = teacher.prompt_tensors(emb.original_sizes[0], p, None, b)
-        embs.append(emb.embeddings.to(dev).expand(len(group), -1, -1, -1))
+        embs.append(emb.embeddings)
         points.append(pt)
         boxes.append(bx)
-        classes += [s.class_row for s in group]
-        targets.append(input_frame_targets(masks, teacher))
-        low_targets.append(to_low_res(masks, teacher))
+        classes.append(sample.class_row)
+        targets.append(input_frame_targets(mask, teacher))
+        low_targets.append(to_low_res(mask, teacher))
     pt = None if not kind.point else (torch.cat([p[0] for p in points]),
                                       torch.cat([p[1] for p in points]))
     bx = torch.cat(boxes) if kind.box else None
     use_classes = classes if kind.class_aware and teacher.class_encoder else None
     multimask = kind.point and not kind.box  # a single point is ambiguous
-    logits, iou_pred = teacher.decode_tensors(torch.cat(embs), pt, bx, None, use_classes,
-                                              multimask)  # fp32 out
-    losses = point_mask_loss(logits, torch.cat(targets), gen, cfg.num_points)
+    embeddings = torch.cat(embs).to(dev, non_blocking=True)
+    forward = model if model is not None else (
+        lambda *a: teacher.decode_tensors(a[0], a[1], a[2], None, a[3], a[4]))
+    logits, iou_pred = forward(embeddings, pt, bx, use_classes, multimask)  # fp32 out
+    losses = point_mask_loss(logits, torch.cat(targets), num_points=cfg.num_points,
+                             prompt_generators=gens)
     mask_loss = losses.min(dim=1).values if multimask else losses[:, 0]
     iou_loss = F.mse_loss(iou_pred, true_iou(logits.detach(), torch.cat(low_targets).to(dev)),
                           reduction="none").mean(1)
-    total = (mask_loss + iou_loss).sum()
-    loss = total / len(chosen)
+    # this rank's share of the global mean: DDP averages the ranks' gradients
+    loss = (mask_loss + iou_loss).sum() / len(mine)
     if not torch.isfinite(loss):
         raise FloatingPointError(f"non-finite loss {float(loss)} at step {step}; stopping")
     for g in optimizer.param_groups:
@@ -127,12 +139,16 @@ def train_step(teacher: PromptedSam, kind: TeacherKind, cache, samples: list[Sam
     optimizer.zero_grad(set_to_none=True)
     scaler = scaler or runtime.grad_scaler()
     scaler.scale(loss).backward()
-    if world > 1:  # the same average DDP would compute, over every rank's instances
-        for p in params:
+    if runtime.distributed and not isinstance(model, DistributedDataParallel):
+        for p in params:  # no DDP wrapper: the same average, by hand
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             dist.all_reduce(p.grad)
-            p.grad /= world
+            p.grad /= runtime.world_size
     scaler.step(optimizer)
     scaler.update()
-    return {"loss": float(loss.detach())}
+    value = loss.detach().float()
+    if runtime.distributed:
+        dist.all_reduce(value)
+        value /= runtime.world_size
+    return {"loss": float(value)}
