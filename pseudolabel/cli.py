@@ -222,12 +222,15 @@ def _evaluate_detector(detector, gt, images, max_images, json_out, runtime) -> N
 
 def _evaluate_masks(pred, pseudo, gt, area_scale, json_out) -> None:
     from pseudolabel.data.coco import load_coco
+    from pseudolabel.data.report import Report
     from pseudolabel.evaluation.coco_eval import evaluate_masks, load_predictions
     from pseudolabel.evaluation.pseudo import evaluate_pseudo
 
     gt_ds = load_coco(gt)
+    skipped = Report()
     if pred is not None:
-        result = evaluate_masks(gt_ds, load_predictions(pred), area_scale=area_scale)
+        result = evaluate_masks(gt_ds, load_predictions(pred, skipped), area_scale=area_scale,
+                                report=skipped)
     else:
         result = evaluate_pseudo(load_coco(pseudo), gt_ds, area_scale=area_scale)
         typer.echo(f"pseudo-masks on {result['num_images']} weakly labelled images: "
@@ -239,6 +242,9 @@ def _evaluate_masks(pred, pseudo, gt, area_scale, json_out) -> None:
     typer.echo(_format_ap("boundary", result["boundary"]))
     if len(gt_ds.report):
         typer.echo(gt_ds.report.summary())
+    if len(skipped):
+        typer.echo(f"predictions: {skipped.summary()}")
+        result["skipped"] = [str(p) for p in skipped.problems]
     _print_json(result, json_out)
 
 
@@ -384,6 +390,9 @@ def generate(
         help="Images per Grounding DINO forward. 1 keeps each image's detections "
         "independent of the images beside it to the last bit; more is faster on a GPU.")
                             ] = 1,
+    retry_failed: Annotated[bool, typer.Option(
+        "--retry-failed", help="Redo the parts in which an image failed (unreadable, "
+        "truncated, size unlike its record); a plain re-run keeps them as they are.")] = False,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
     config: ConfigOpt = None,
@@ -409,7 +418,8 @@ def generate(
             _fail("--shard and torchrun both split the work; use one of them")
         opts = GenerateOptions(weak or "", refine=refine, zero_shot=zero_shot,
                                samrefiner=samrefiner, part_size=part_size, workers=workers,
-                               encode_batch=encode_batch, detect_batch=detect_batch)
+                               encode_batch=encode_batch, detect_batch=detect_batch,
+                               retry_failed=retry_failed)
         data, jobs, teachers, detector, dsha = _generate_setup(
             cfg, weak, weak_file, run_dir, out, opts, cfg_rt)
         part = (cfg_rt.rank, cfg_rt.world_size) if cfg_rt.distributed else (parsed or (0, 1))
@@ -432,6 +442,7 @@ def generate(
         typer.echo(f"  consistency: {summary['point_outside_mask']} point outside its mask, "
                    f"{summary['mostly_outside_box']} more than half outside the prompt box, "
                    f"{summary['class_not_in_tags']} class not among the image tags")
+        _echo_failed(summary)
         typer.echo(f"wrote {summary['out']}")
 
 
@@ -471,7 +482,16 @@ def merge(
     for summary in summaries:
         typer.echo(f"{summary['setting']}: {summary['pseudo_masks']} pseudo-masks, "
                    f"{summary['gt_masks']} GT masks")
+        _echo_failed(summary)
         typer.echo(f"wrote {summary['out']}")
+
+
+def _echo_failed(summary: dict) -> None:
+    failed = summary.get("failed") or []
+    if failed:
+        typer.echo(f"  {len(failed)} image(s) failed and were left out (listed in the file's "
+                   f"info.pseudolabel.failed_images; generate --retry-failed tries them "
+                   f"again), e.g. image {failed[0]['image_id']}: {failed[0]['reason']}")
 
 
 @app.command()

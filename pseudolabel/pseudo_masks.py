@@ -23,8 +23,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-from segment_anything.utils.amg import calculate_stability_score
 
 from pseudolabel.data.masks import mask_to_rle, masks_to_boxes_xyxy, xywh_to_xyxy, xyxy_to_xywh
 from pseudolabel.models.grounding_dino import filter_detections
@@ -123,14 +121,10 @@ def _decode(teachers: Teachers, name: str, emb: ImageEmbeddings, props: list[Pro
     multimask = points is not None and boxes is None  # one point is ambiguous
     out = model.decode(emb, boxes_xyxy=boxes,
                        points_xy=None if points is None else pixel_centre_to_sam(points),
-                       class_ids=classes, multimask=multimask, keep_logits=True)
-    iou = out.iou_predictions
-    best = iou.argmax(dim=1)
-    rows = torch.arange(len(best), device=best.device)
-    stability = calculate_stability_score(out.logits[rows, best], model.sam.mask_threshold,
-                                          STABILITY_OFFSET)
-    return (out.masks[rows, best].cpu().numpy(), iou[rows, best].cpu().numpy(),
-            stability.cpu().numpy())
+                       class_ids=classes, multimask=multimask, best_only=True,
+                       stability_offset=STABILITY_OFFSET).cpu()
+    return (out.masks[:, 0].numpy(), out.iou_predictions[:, 0].numpy(),
+            out.stability[:, 0].numpy())
 
 
 def _consistency(mask: np.ndarray, prop: Proposal, tags: list[int] | None) -> dict:
@@ -150,36 +144,64 @@ def _consistency(mask: np.ndarray, prop: Proposal, tags: list[int] | None) -> di
     return out
 
 
-def _proposals(kind: str, weak_anns: list[dict], detection) -> tuple[list[Proposal], str, str]:
+def _record_box(box_xyxy: np.ndarray, scale: tuple[float, float]) -> list[float]:
+    """A box of the decoded image as COCO ``xywh`` in the record's frame."""
+    sy, sx = scale
+    b = np.asarray(box_xyxy, dtype=np.float64) / [sx, sy, sx, sy]
+    return [round(float(v), 4) for v in xyxy_to_xywh(b[None])[0]]
+
+
+def _proposals(kind: str, weak_anns: list[dict], detection, scale: tuple[float, float]
+               ) -> tuple[list[Proposal], str, str]:
+    """Prompts in the decoded image's frame (``scale``: its size over the record's)."""
+    sy, sx = scale
     if kind in ("none", "class"):
-        props = [Proposal(int(c), {"detector_box": [round(float(v), 4) for v in
-                                                    xyxy_to_xywh(b[None])[0]],
+        props = [Proposal(int(c), {"detector_box": _record_box(b, scale),
                                    "detector_score": round(float(s), 6)}, box=b)
                  for b, c, s in zip(detection.boxes_xyxy, detection.labels, detection.scores,
                                     strict=True)]
         return props, "box-cls", "box"
     if kind == "box+class":
         return [Proposal(a["category_id"], {"id": a["id"], "bbox": a["bbox"]},
-                         box=xywh_to_xyxy([a["bbox"]])[0]) for a in weak_anns], "box", "box"
+                         box=xywh_to_xyxy([a["bbox"]])[0] * [sx, sy, sx, sy])
+                for a in weak_anns], "box", "box"
     if kind == "point+class":
         return [Proposal(a["category_id"], {"id": a["id"], "point": a["point"]},
-                         point=np.asarray(a["point"], dtype=np.float64))
+                         point=np.asarray(a["point"], dtype=np.float64) * [sx, sy])
                 for a in weak_anns], "point-cls", "point"
     raise ValueError(f"unknown setting {kind!r}; expected one of {SETTINGS}")
 
 
+def to_record_frame(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A mask of a reduced decode, nearest-sampled up to the record's ``(H, W)``."""
+    if mask.shape == tuple(size):
+        return mask
+    rows = np.minimum(((np.arange(size[0]) + 0.5) * mask.shape[0] / size[0]).astype(int),
+                      mask.shape[0] - 1)
+    cols = np.minimum(((np.arange(size[1]) + 0.5) * mask.shape[1] / size[1]).astype(int),
+                      mask.shape[1] - 1)
+    return mask[rows][:, cols]
+
+
 def image_pseudo_masks(setting: str, teachers: Teachers, emb: ImageEmbeddings,
                        weak_anns: list[dict], tags: list[int] | None, detection,
-                       refine: bool = True, samrefiner: bool = False) -> tuple[list[dict], int]:
+                       refine: bool = True, samrefiner: bool = False,
+                       record_size: tuple[int, int] | None = None) -> tuple[list[dict], int]:
     """Pseudo-annotations (no ids) of one weakly labelled image of kind ``setting``, and how
     many prompts gave an empty mask (dropped).
 
     ``detection``: the image's Grounding DINO output as :func:`detections_for` gives it.
+    ``record_size``: the image record's ``(H, W)`` when the image was decoded reduced (a huge
+    file): prompts are scaled into the decoded frame and masks and boxes back to the
+    record's.
     ``samrefiner`` refines the final masks with SAMRefiner (seed 002: point + elastic box +
     Gaussian mask prompts mined from each mask, decoded in one batch from the same image
     embedding, without class prompts); the quality record keeps its predicted IoU.
     """
-    props, name, prompt = _proposals(setting, weak_anns, detection)
+    decoded = emb.original_sizes[0]
+    record_size = tuple(record_size or decoded)
+    scale = (decoded[0] / record_size[0], decoded[1] / record_size[1])
+    props, name, prompt = _proposals(setting, weak_anns, detection, scale)
     if not props:
         return [], 0
     boxes = np.stack([p.box for p in props]) if props[0].box is not None else None
@@ -194,7 +216,7 @@ def image_pseudo_masks(setting: str, teachers: Teachers, emb: ImageEmbeddings,
                                     [p.category_id for p in props], sam_boxes)
         for p, b in zip(props, merged, strict=True):
             p.box = b
-            p.weak["refined_box"] = [round(float(v), 4) for v in xyxy_to_xywh(b[None])[0]]
+            p.weak["refined_box"] = _record_box(b, scale)
         name, prompt = "boxpoint-cls", "box+point"
         masks, iou, stability = _decode(teachers, name, emb, props, merged, points)
     refined_iou = [None] * len(props)
@@ -202,15 +224,18 @@ def image_pseudo_masks(setting: str, teachers: Teachers, emb: ImageEmbeddings,
         r = refine_masks(teachers.encoder, emb, masks)
         masks, refined_iou = r.masks, [round(float(v), 6) for v in r.scores]
     return _annotations(props, masks, iou, stability, refined_iou, prompt, name, tags,
-                        samrefiner)
+                        samrefiner, record_size)
 
 
-def _annotations(props, masks, iou, stability, refined_iou, prompt, name, tags, samrefiner):
+def _annotations(props, masks, iou, stability, refined_iou, prompt, name, tags, samrefiner,
+                 record_size):
     out, empty = [], 0
     for p, m, q, s, rq in zip(props, masks, iou, stability, refined_iou, strict=True):
         if not m.any():
             empty += 1
             continue
+        consistency = _consistency(m, p, tags)  # in the decoded frame, as the prompts
+        m = to_record_frame(m, record_size)
         rle = mask_to_rle(m)
         ys, xs = np.nonzero(m)
         out.append({
@@ -222,6 +247,6 @@ def _annotations(props, masks, iou, stability, refined_iou, prompt, name, tags, 
                         "prompt": prompt, "teacher": name,
                         **({"samrefiner_iou": rq} if samrefiner else {})},
             "weak": p.weak, "source": "pseudo",
-            "consistency": _consistency(m, p, tags),
+            "consistency": consistency,
         })
     return out, empty

@@ -18,12 +18,20 @@ from pathlib import Path
 
 from pycocotools.coco import COCO
 
-from pseudolabel.data.masks import segmentation_to_rle
+from pseudolabel.data.masks import (
+    MAX_POLYGON_VERTICES,
+    clip_polygon,
+    rle_problem,
+    segmentation_to_rle,
+)
 from pseudolabel.data.report import Report
 
 WEAK_KINDS = ("none", "class", "point+class", "box+class")
 IMAGE_KINDS = ("fully_labeled", *WEAK_KINDS)
 BOX_TOLERANCE_PX = 1.0  # boxes may overhang the image by float rounding, not by more
+INT64 = 2**63  # ids must fit a signed 64-bit integer (pycocotools, numpy, torch hold them so)
+MAX_SIDE = 65_535  # an image record's width or height (masks of it are allocated whole)
+MAX_PIXELS = 2**28  # 268 MP per image record
 
 
 @dataclass
@@ -123,6 +131,18 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def is_id(v) -> bool:
+    """An integer (not a bool) that fits a signed 64-bit id."""
+    return _is_int(v) and -INT64 <= v < INT64
+
+
+_is_id = is_id
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def _finite_numbers(values, n: int | None = None) -> bool:
     if not isinstance(values, list) or (n is not None and len(values) != n):
         return False
@@ -135,8 +155,8 @@ def _finite_numbers(values, n: int | None = None) -> bool:
 def _valid_categories(raw: list, file: str, report: Report) -> list[dict]:
     out, seen = [], set()
     for i, cat in enumerate(raw):
-        if not isinstance(cat, dict) or not _is_int(cat.get("id")):
-            report.add(file, f"category #{i}", "needs an integer 'id'")
+        if not isinstance(cat, dict) or not _is_id(cat.get("id")):
+            report.add(file, f"category #{i}", "needs an integer 'id' (64-bit)")
         elif not isinstance(cat.get("name"), str) or not cat["name"].strip():
             report.add(file, f"category {cat['id']}", "needs a non-empty 'name'")
         elif cat["id"] in seen:
@@ -150,8 +170,8 @@ def _valid_categories(raw: list, file: str, report: Report) -> list[dict]:
 def _valid_images(raw: list, cat_ids: set, file: str, report: Report) -> list[dict]:
     out, seen = [], set()
     for i, img in enumerate(raw):
-        if not isinstance(img, dict) or not _is_int(img.get("id")):
-            report.add(file, f"image #{i}", "needs an integer 'id'")
+        if not isinstance(img, dict) or not _is_id(img.get("id")):
+            report.add(file, f"image #{i}", "needs an integer 'id' (64-bit)")
             continue
         item = f"image {img['id']}"
         if img["id"] in seen:
@@ -164,6 +184,11 @@ def _valid_images(raw: list, cat_ids: set, file: str, report: Report) -> list[di
             img["width"], img["height"]
         ) <= 0:
             report.add(file, item, "needs positive integer 'width' and 'height'")
+            continue
+        if max(img["width"], img["height"]) > MAX_SIDE or \
+                img["width"] * img["height"] > MAX_PIXELS:
+            report.add(file, item, f"{img['width']}x{img['height']} is larger than supported "
+                       f"(sides up to {MAX_SIDE}, {MAX_PIXELS:,} pixels)")
             continue
         kind = img.get("kind")
         if kind is not None and kind not in IMAGE_KINDS:
@@ -185,8 +210,8 @@ def _valid_annotations(
 ) -> list[dict]:
     out, seen = [], set()
     for i, ann in enumerate(raw):
-        if not isinstance(ann, dict) or not _is_int(ann.get("id")):
-            report.add(file, f"annotation #{i}", "needs an integer 'id'")
+        if not isinstance(ann, dict) or not _is_id(ann.get("id")):
+            report.add(file, f"annotation #{i}", "needs an integer 'id' (64-bit)")
             continue
         item = f"annotation {ann['id']}"
         if ann["id"] in seen:
@@ -207,8 +232,13 @@ def _annotation_problem(ann: dict, sizes: dict, cat_ids: set) -> str | None:
         return f"refers to unknown image_id {ann.get('image_id')!r}"
     if ann.get("category_id") not in cat_ids:
         return f"refers to unknown category_id {ann.get('category_id')!r}"
-    if ann.get("iscrowd", 0) not in (0, 1):
+    if ann.get("iscrowd", 0) not in (0, 1) or isinstance(ann.get("iscrowd"), float):
         return f"'iscrowd' must be 0 or 1, got {ann.get('iscrowd')!r}"
+    for key in ("area", "score"):
+        if key in ann and not _finite(ann[key]):
+            return f"'{key}' must be a finite number, got {ann[key]!r}"
+    if "area" in ann and ann["area"] < 0:
+        return f"negative 'area' {ann['area']}"
     h, w = sizes[ann["image_id"]]
     if "segmentation" in ann:
         reason = _segmentation_problem(ann["segmentation"], h, w)
@@ -234,21 +264,32 @@ def _annotation_problem(ann: dict, sizes: dict, cat_ids: set) -> str | None:
 
 
 def _segmentation_problem(seg, h: int, w: int) -> str | None:
+    return segmentation_problem(seg, h, w)
+
+
+def segmentation_problem(seg, h: int, w: int) -> str | None:
+    """Why a COCO ``segmentation`` cannot be a mask of an ``h x w`` image, or ``None``.
+
+    Polygons: even counts >= 6 of finite coordinates, at most ``MAX_POLYGON_VERTICES``
+    vertices, some area inside the image (parts outside are clipped when rasterised). RLE: see
+    ``masks.rle_problem``.
+    """
     if isinstance(seg, list):
         if not seg:
             return "empty polygon list"
         for poly in seg:
             if not _finite_numbers(poly) or len(poly) < 6 or len(poly) % 2:
                 return "degenerate polygon (needs an even number >= 6 of finite coordinates)"
+        if sum(len(p) for p in seg) // 2 > MAX_POLYGON_VERTICES:
+            return f"more than {MAX_POLYGON_VERTICES:,} polygon vertices"
         if all(_polygon_area(p) == 0 for p in seg):
             return "degenerate polygon with zero area"
+        clipped = [clip_polygon(p, w, h, margin=0.0) for p in seg]
+        if all(len(c) < 6 or _polygon_area(c) == 0 for c in clipped):
+            return f"polygon lies outside the {w}x{h} image"
         return None
     if isinstance(seg, dict) and {"size", "counts"} <= seg.keys():
-        if list(seg["size"]) != [h, w]:
-            return f"RLE size {seg['size']} does not match the image size [{h}, {w}]"
-        if not isinstance(seg["counts"], (str, list)):
-            return "RLE 'counts' must be a string or a list"
-        return None
+        return rle_problem(seg, h, w)
     return "unrecognised 'segmentation' (expected polygons or an RLE dict)"
 
 
@@ -269,11 +310,13 @@ def save_json(path: str | Path, data) -> None:
 
 
 class CocoStreamWriter:
-    """Streams a COCO file: header (``info``, other top-level keys, images, categories of
-    ``gt``), then annotations one by one; ``close`` finishes it and moves it into place,
-    ``abort`` removes the partial file. Memory does not grow with the annotations."""
+    """Streams a COCO file: header (``info``, other top-level keys, images (``images``, by
+    default ``gt``'s), categories of ``gt``), then annotations one by one; ``close`` finishes
+    it and moves it into place, ``abort`` removes the partial file. Memory does not grow with
+    the annotations."""
 
-    def __init__(self, out: Path, gt: CocoDataset, info: dict) -> None:
+    def __init__(self, out: Path, gt: CocoDataset, info: dict,
+                 images: list[dict] | None = None) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         self.out = out
         self.tmp = out.with_name(out.name + f".tmp{os.getpid()}")
@@ -282,7 +325,7 @@ class CocoStreamWriter:
         for key, value in gt.extra.items():
             if key != "info":
                 self.f.write(f", {json.dumps(key)}: " + json.dumps(value))
-        self.f.write(', "images": ' + json.dumps(gt.images))
+        self.f.write(', "images": ' + json.dumps(gt.images if images is None else images))
         self.f.write(', "categories": ' + json.dumps(gt.categories))
         self.f.write(', "annotations": [')
         self.first = True

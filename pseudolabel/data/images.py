@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -68,14 +69,49 @@ def load_image(path: str | Path) -> np.ndarray:
         raise ImageLoadError(path, f"corrupt or truncated image ({exc})") from None
 
 
+# Images with more pixels than this are decoded reduced (JPEG by DCT scaling, others by
+# averaging blocks) in the stages that run models on them: the models resize to 1,024 px or
+# less anyway, and a 10,000 x 10,000 image decoded whole took 9.3 GB through generate.
+MAX_PIXELS = 4096 * 4096
+
+
+def load_image_bounded(path: str | Path, max_pixels: int = MAX_PIXELS
+                       ) -> tuple[np.ndarray, tuple[int, int]]:
+    """``load_image`` for at most ``max_pixels`` pixels: the array (reduced by an integer
+    factor when the file is larger) and the file's full ``(H, W)`` (EXIF rotation applied)."""
+    path = Path(path)
+    full = image_size(path)
+    if full[0] * full[1] <= max_pixels:
+        return load_image(path), full
+    factor = int(np.ceil(np.sqrt(full[0] * full[1] / max_pixels)))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # read reduced
+            with Image.open(path) as img:
+                w, h = img.size
+                img.draft("RGB", (max(1, w // factor), max(1, h // factor)))  # JPEG: cheap
+                img.load()
+                k = max(1, round(max(img.size[0] / (w / factor), img.size[1] / (h / factor))))
+                if k > 1:
+                    img = img.reduce(k)
+                img = ImageOps.exif_transpose(img)
+                return _to_rgb_uint8(img), full
+    except UnidentifiedImageError:
+        raise ImageLoadError(path, "not a readable image file") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageLoadError(path, f"corrupt or truncated image ({exc})") from None
+
+
 def image_size(path: str | Path) -> tuple[int, int]:
     """``(H, W)`` of an image as ``load_image`` would return it (EXIF rotation applied)."""
     try:
-        with Image.open(path) as img:
-            w, h = img.size
-            orientation = img.getexif().get(0x0112, 1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                orientation = img.getexif().get(0x0112, 1)
     except FileNotFoundError:
         raise ImageLoadError(path, "image file not found") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageLoadError(path, f"not a readable image file ({exc})") from None
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)

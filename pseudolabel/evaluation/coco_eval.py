@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 from pathlib import Path
 
 import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.cocoeval import COCOeval
 
-from pseudolabel.data.coco import CocoDataset, coco_from_dict, read_json
+from pseudolabel.data.coco import (
+    CocoDataset,
+    coco_from_dict,
+    is_id,
+    read_json,
+    segmentation_problem,
+)
 from pseudolabel.data.masks import rle_area, segmentation_to_rle
+from pseudolabel.data.report import Report
 from pseudolabel.ops.boundary import DILATION_RATIO, boundary_band, boundary_width
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -67,24 +75,39 @@ def area_ranges(scale: float) -> list[list[float]]:
             [COCO_LARGE * scale, 1e10]]
 
 
-def load_predictions(path: str | Path) -> list[dict]:
+def load_predictions(path: str | Path, report: Report | None = None) -> list[dict]:
     """Mask predictions: a COCO results list, or a COCO file whose annotations are predictions.
 
-    Annotations without a ``score`` get 1.0 (ground truth or unscored pseudo-masks).
+    Annotations without a ``score`` get 1.0 (ground truth or unscored pseudo-masks). A
+    prediction without integer ids and a segmentation, or with a score that is not a finite
+    number, is skipped into ``report`` (named by its position and id); the others are kept.
     """
     data = read_json(path)
     if isinstance(data, dict) and isinstance(data.get("annotations"), list):
         data = data["annotations"]
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a COCO results list or a COCO instances file")
+    report = report if report is not None else Report()
     preds = []
     for i, d in enumerate(data):
+        item = f"prediction #{i}" + (f" (id {d['id']})" if isinstance(d, dict) and "id" in d
+                                     else "")
         if not isinstance(d, dict) or not {"image_id", "category_id", "segmentation"} <= d.keys():
-            raise ValueError(f"{path}: prediction #{i} needs image_id, category_id, segmentation")
+            report.add(str(path), item, "needs image_id, category_id and segmentation")
+            continue
+        if not (is_id(d["image_id"]) and is_id(d["category_id"])):
+            report.add(str(path), item, "image_id and category_id must be integers")
+            continue
+        score = d.get("score", 1.0)
+        if isinstance(score, bool) or not isinstance(score, (int, float)) \
+                or not math.isfinite(score):
+            report.add(str(path), item, f"'score' must be a finite number, got {score!r}")
+            continue
         if d.get("iscrowd", 0):
             continue  # ignore regions are not predictions
         preds.append({"image_id": d["image_id"], "category_id": d["category_id"],
-                      "segmentation": d["segmentation"], "score": float(d.get("score", 1.0))})
+                      "segmentation": d["segmentation"], "score": float(score),
+                      "_item": item, "_file": str(path)})
     return preds
 
 
@@ -100,14 +123,17 @@ def _stats(ev: COCOeval) -> dict:
 
 
 def evaluate_masks(gt: CocoDataset, predictions: list[dict], *, area_scale: float | None = None,
-                   image_ids: list[int] | None = None, boundary: bool = True) -> dict:
+                   image_ids: list[int] | None = None, boundary: bool = True,
+                   report: Report | None = None) -> dict:
     """COCO segm AP (and boundary AP) of ``predictions`` against ``gt``, on a 0-100 scale.
 
     ``area_scale`` multiplies COCO's 32^2 / 96^2 area thresholds; ``None`` takes
     ``gt.info["area_scale"]`` (written by ``pseudolabel synth``) or 1. ``image_ids``
     restricts evaluation to those images. Returns ``{"segm": {...}, "boundary": {...},
-    "area_scale": s, "num_predictions": n}``.
+    "area_scale": s, "num_predictions": n}``. A prediction whose segmentation cannot be a
+    mask of its image (empty or out-of-image polygon, bad RLE) is skipped into ``report``.
     """
+    report = report if report is not None else Report()
     if area_scale is None:
         area_scale = float(gt.info.get("area_scale", 1.0))
     gt_dict = gt.to_dict()
@@ -126,9 +152,16 @@ def evaluate_masks(gt: CocoDataset, predictions: list[dict], *, area_scale: floa
     for p in predictions:
         if p["image_id"] in keep and p["image_id"] in known:
             img = coco_gt.imgs[p["image_id"]]
+            problem = segmentation_problem(p["segmentation"], img["height"], img["width"])
+            if problem:
+                report.add(p.get("_file", "predictions"),
+                           p.get("_item", f"prediction on image {p['image_id']}"), problem)
+                continue
             rle = segmentation_to_rle(p["segmentation"], img["height"], img["width"])
-            preds.append({**p, "segmentation": rle})
-    result = {"area_scale": area_scale, "num_predictions": len(preds)}
+            preds.append({k: v for k, v in p.items() if not k.startswith("_")}
+                         | {"segmentation": rle})
+    result = {"area_scale": area_scale, "num_predictions": len(preds),
+              "skipped_predictions": len(report)}
     kinds = {"segm": COCOeval, **({"boundary": BoundaryCOCOeval} if boundary else {})}
     for name, cls in kinds.items():
         if not preds:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
+from segment_anything.utils.amg import calculate_stability_score
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from pseudolabel.models.class_aware import ClassAwarePromptEncoder
@@ -57,11 +58,13 @@ class Decoded:
     iou_predictions: torch.Tensor
     low_res_logits: torch.Tensor
     logits: torch.Tensor | None = None  # (N, M, H, W) float, with ``decode(keep_logits=True)``
+    stability: torch.Tensor | None = None  # (N, M), with ``decode(stability_offset=...)``
 
     def cpu(self) -> Decoded:
         """Every field on the host, moved in one go (once per image, not per prompt)."""
         return Decoded(self.masks.cpu(), self.iou_predictions.cpu(), self.low_res_logits.cpu(),
-                       None if self.logits is None else self.logits.cpu())
+                       None if self.logits is None else self.logits.cpu(),
+                       None if self.stability is None else self.stability.cpu())
 
     def best(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The mask with the highest predicted IoU per prompt: ``(N, H, W)`` and ``(N,)``."""
@@ -81,6 +84,9 @@ CPU_DECODE_CHUNK_BYTES = 12 * 2**20
 # stays under this cap (one 1024-px image, ten 160-px tiny-SAM images); a lone image is never
 # split. On a GPU the caller's batch goes through in one forward.
 ENCODE_CHUNK_TOKENS = 64 * 64
+# Full-resolution logits of a chunk of prompts are held at once (to threshold them): cap the
+# prompts per chunk so that they stay under this many bytes (a 4,096-px image: 3 prompts).
+OUTPUT_CHUNK_BYTES = 256 * 2**20
 
 
 def encoder_tokens(sam: Sam) -> int:
@@ -264,7 +270,8 @@ class PromptedSam:
     @torch.no_grad()
     def decode(self, embeddings: ImageEmbeddings, *, points_xy=None, point_labels=None,
                boxes_xyxy=None, mask_logits=None, class_ids=None,
-               multimask: bool = False, keep_logits: bool = False) -> Decoded:
+               multimask: bool = False, keep_logits: bool = False, best_only: bool = False,
+               stability_offset: float | None = None) -> Decoded:
         """Decode N prompts of the single image in ``embeddings`` in one batched call.
 
         Args:
@@ -274,6 +281,10 @@ class PromptedSam:
             mask_logits: ``(N, 1, L, L)`` low-res mask logits (``L = low_res_size``).
             class_ids: ``(N,)`` rows of ``class_embeddings``.
             keep_logits: also return the full-resolution logits (``Decoded.logits``).
+            best_only: keep only the output with the highest predicted IoU per prompt
+                (M = 1), chosen before upsampling, so only it is brought to full size.
+            stability_offset: also compute SAM's stability score of every kept output (IoU
+                of the masks at logit thresholds +- offset), from the full-size logits.
         """
         if len(embeddings.original_sizes) != 1:
             raise ValueError("decode takes the embeddings of one image; index the batch first")
@@ -289,7 +300,9 @@ class PromptedSam:
                            torch.zeros((0, m), device=dev),
                            torch.zeros((0, m, low, low), device=dev),
                            torch.zeros((0, m, h, w), device=dev) if keep_logits else None)
-        chunk = self.decode_chunk or n
+        m_out = 1 if best_only or not multimask else 3
+        by_output = max(1, OUTPUT_CHUNK_BYTES // (4 * m_out * original[0] * original[1]))
+        chunk = min(self.decode_chunk or n, by_output)
         image = embeddings.embeddings.to(self.device)
         parts = []
         for s in range(0, n, chunk):
@@ -301,13 +314,20 @@ class PromptedSam:
                 None if mask_logits is None else mask_logits[sl],
                 None if class_ids is None else np.asarray(class_ids)[sl],
                 multimask)
+            if best_only:
+                rows = torch.arange(len(iou), device=iou.device)
+                best = iou.argmax(dim=1)
+                low_res, iou = low_res[rows, best][:, None], iou[rows, best][:, None]
             # fp32 from here: upsampling and the threshold never see reduced precision
             logits = self.sam.postprocess_masks(low_res, input_size, original)
+            stable = None if stability_offset is None else calculate_stability_score(
+                logits, self.sam.mask_threshold, stability_offset)
             parts.append((logits > self.sam.mask_threshold, iou, low_res,
-                          logits if keep_logits else None))
-        masks, iou, low_res, logits = zip(*parts, strict=True)
+                          logits if keep_logits else None, stable))
+        masks, iou, low_res, logits, stable = zip(*parts, strict=True)
         return Decoded(torch.cat(masks), torch.cat(iou), torch.cat(low_res),
-                       torch.cat(logits) if keep_logits else None)
+                       torch.cat(logits) if keep_logits else None,
+                       None if stability_offset is None else torch.cat(stable))
 
 
 def _num_prompts(points, boxes, mask_logits, class_ids) -> int:

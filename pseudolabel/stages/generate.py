@@ -26,11 +26,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from pseudolabel.data.coco import CocoDataset, CocoStreamWriter, load_coco
-from pseudolabel.data.images import load_image, resolve_image_path
+from pseudolabel.data.images import MAX_PIXELS, load_image_bounded, resolve_image_path
 from pseudolabel.models.predictor import PromptedSam
 from pseudolabel.pseudo_masks import (
     SETTINGS,
@@ -139,6 +140,8 @@ class GenerateOptions:
     # batch-mates to the last bit (batched products round differently, ~1e-7), so a
     # mixed-kind file and single-setting runs agree exactly; more is faster on a GPU.
     detect_batch: int = 1
+    max_pixels: int = MAX_PIXELS  # larger images are decoded reduced (memory stays bounded)
+    retry_failed: bool = False  # redo the parts that recorded failed images
     box_threshold: float = 0.3  # seed 001 §4.1 (none, class)
     nms_iou: float = 0.9  # seed 001 §4.1 (none, class)
 
@@ -239,18 +242,44 @@ def make_job(weak_path: str | Path, run_dir: Path, opts: GenerateOptions, teache
 
 
 # -- one part --------------------------------------------------------------------------------
-def _load_images(pool: ThreadPoolExecutor | None, weak: CocoDataset, image_root: Path,
-                 ids: list[int], sam: PromptedSam | None):
-    """Start loading a part's images: each becomes ``(pixels, SAM-resized)``, decoded and
-    resized in ``pool``'s threads (PIL and torch release the GIL)."""
-    def load(path):
-        pixels = load_image(path)
-        return pixels, sam.prepare(pixels) if sam is not None else None
+@dataclass
+class LoadedImage:
+    """One image ready for the models: ``pixels`` (reduced when the file exceeds the pixel
+    budget) and SAM's resize of them; ``failed`` says why the image cannot be used."""
 
-    paths = [resolve_image_path(image_root, weak.image_by_id[i]["file_name"]) for i in ids]
+    pixels: np.ndarray | None = None
+    prepared: object = None
+    failed: str | None = None
+
+
+def _load_one(path: Path, record: dict, sam: PromptedSam | None, max_pixels: int
+              ) -> LoadedImage:
+    try:
+        pixels, full = load_image_bounded(path, max_pixels)
+    except ValueError as exc:  # missing, unreadable, truncated, outside the root
+        return LoadedImage(failed=str(exc))
+    if full != (record["height"], record["width"]):
+        return LoadedImage(failed=f"{record['file_name']} is {full[1]}x{full[0]}, its record "
+                                  f"says {record['width']}x{record['height']}; skipped (fix "
+                                  "the record or the file)")
+    return LoadedImage(pixels, sam.prepare(pixels) if sam is not None else None)
+
+
+def _load_images(pool: ThreadPoolExecutor | None, weak: CocoDataset, image_root: Path,
+                 ids: list[int], sam: PromptedSam | None, max_pixels: int):
+    """Start loading a part's images (decoded and resized for SAM in ``pool``'s threads;
+    PIL and torch release the GIL). A bad image becomes a ``LoadedImage`` saying why."""
+    def load(image_id):
+        record = weak.image_by_id[image_id]
+        try:
+            path = resolve_image_path(image_root, record["file_name"])
+        except ValueError as exc:
+            return LoadedImage(failed=str(exc))
+        return _load_one(path, record, sam, max_pixels)
+
     if pool is None:
-        return [load(p) for p in paths]
-    return [pool.submit(load, p) for p in paths]
+        return [load(i) for i in ids]
+    return [pool.submit(load, i) for i in ids]
 
 
 def _detect(jobs: list[Job], part_ids: list[int], pixels: list, detector,
@@ -284,34 +313,49 @@ def _detect(jobs: list[Job], part_ids: list[int], pixels: list, detector,
 def run_part(part_ids: list[int], jobs: list[Job], images: list, opts: GenerateOptions,
              teachers: Teachers, detector) -> list[dict]:
     """One part of every job in ``jobs`` (all over ``part_ids``): per job, its image ids and
-    pseudo-annotations in image id order, empty masks dropped.
+    pseudo-annotations in image id order, empty masks dropped, and the images that could not
+    be used (``failed``: id, file, reason).
 
-    ``images`` are ``(pixels, prepared)`` pairs or futures of them (loaded in the background).
+    ``images`` are ``LoadedImage`` objects or futures of them (loaded in the background).
     """
     images = [im.result() if hasattr(im, "result") else im for im in images]
-    pixels = [p for p, _ in images]
+    weak = jobs[0].weak
+    failed = [{"image_id": i, "file_name": weak.image_by_id[i]["file_name"],
+               "reason": im.failed} for i, im in zip(part_ids, images, strict=True) if im.failed]
+    ok = [(i, im) for i, im in zip(part_ids, images, strict=True) if not im.failed]
+    ok_ids = [i for i, _ in ok]
     embs = []
-    for s in range(0, len(images), opts.encode_batch):
-        e = teachers.encoder.encode([q for _, q in images[s: s + opts.encode_batch]])
+    for s in range(0, len(ok), opts.encode_batch):
+        e = teachers.encoder.encode([im.prepared for _, im in ok[s: s + opts.encode_batch]])
         embs += [e[k] for k in range(len(e.original_sizes))]
-    raw = _detect(jobs, part_ids, pixels, detector, opts)
+    raw = _detect(jobs, ok_ids, [im.pixels for _, im in ok], detector, opts)
     out = []
     with torch.no_grad():
         for job in jobs:
             anns_out, empty = [], 0
-            for i, image_id in enumerate(part_ids):
+            for i, image_id in enumerate(ok_ids):
                 kind = job.kinds[image_id]
-                tags = job.weak.image_by_id[image_id].get("tags")
+                record = job.weak.image_by_id[image_id]
+                tags = record.get("tags")
                 req = detection_request(kind, tags, job.label_space, opts.refine)
                 det = detections_for(kind, raw.get((req, i)), opts.box_threshold, opts.nms_iou)
                 anns = [a for a in job.weak.anns_by_image[image_id] if not a.get("iscrowd", 0)]
-                made, n_empty = image_pseudo_masks(kind, teachers, embs[i], anns,
-                                                   tags if kind != "none" else None, det,
-                                                   opts.refine, opts.samrefiner)
+                made, n_empty = image_pseudo_masks(
+                    kind, teachers, embs[i], anns, tags if kind != "none" else None, det,
+                    opts.refine, opts.samrefiner, (record["height"], record["width"]))
                 anns_out += [{"image_id": image_id, **a} for a in made]
                 empty += n_empty
-            out.append({"images": part_ids, "annotations": anns_out, "empty_dropped": empty})
+            out.append({"images": part_ids, "annotations": anns_out, "empty_dropped": empty,
+                        "failed": failed})
     return out
+
+
+def _forget_failed_parts(job: Job, index: int, count: int) -> None:
+    """``--retry-failed``: this shard's parts that recorded failed images are done again."""
+    for path in sorted(job.parts_dir.glob("part-*.json")):
+        k = int(path.stem.split("-")[1])
+        if k % count == index and json.loads(path.read_text()).get("failed"):
+            path.unlink()
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -353,6 +397,9 @@ def generate_many(jobs: list[Job], image_root: str | Path, teachers: Teachers, d
     for job in jobs:
         groups.setdefault(tuple(job.ids), []).append(job)
     index, count = shard
+    if jobs[0].opts.retry_failed and not only_merge:
+        for job in jobs:
+            _forget_failed_parts(job, index, count)
     work = []  # (jobs of a group, part ids, part index), in order
     total = done_before = 0
     for ids, group in groups.items():
@@ -377,13 +424,14 @@ def generate_many(jobs: list[Job], image_root: str | Path, teachers: Teachers, d
     pool = ThreadPoolExecutor(opts.workers) if opts.workers > 0 else None
     try:
         # the next part's images load while this part is on the models
-        pending = _load_images(pool, work[0][0][0].weak, image_root, work[0][1], sam) \
-            if work else None
+        pending = _load_images(pool, work[0][0][0].weak, image_root, work[0][1], sam,
+                               opts.max_pixels) if work else None
         for n, (group, part_ids, k) in enumerate(work):
             images = pending
             if n + 1 < len(work):
                 nxt = work[n + 1]
-                pending = _load_images(pool, nxt[0][0].weak, image_root, nxt[1], sam)
+                pending = _load_images(pool, nxt[0][0].weak, image_root, nxt[1], sam,
+                                       opts.max_pixels)
             for job, part in zip(group, run_part(part_ids, group, images, opts, teachers,
                                                  detector), strict=True):
                 _write_atomic(job.part_file(k), json.dumps(part))
@@ -425,17 +473,28 @@ def _manifest(job: Job, teachers: Teachers, detector_sha: str | None) -> dict:
 def merge_parts(weak: CocoDataset, pdir: Path, num_parts: int, out_path: Path,
                 manifest: dict) -> dict:
     """Stream the final COCO file: GT of fully labelled images, crowd regions, then every
-    part's pseudo-masks in image order; annotation ids are assigned here (1, 2, ...)."""
+    part's pseudo-masks in image order; annotation ids are assigned here (1, 2, ...).
+
+    Images that failed (unreadable, truncated, size unlike their record) are left out of the
+    file's ``images`` (they carry no labels, and an unlabelled image would teach a student
+    that its objects are background) and listed in ``info.pseudolabel.failed_images``.
+    """
     missing = [k for k in range(num_parts) if not (pdir / f"part-{k:06d}.json").is_file()]
     if missing:
         raise ValueError(f"{pdir}: parts {missing[:10]}{'...' if len(missing) > 10 else ''} "
                          f"are missing ({len(missing)} of {num_parts}); run the remaining "
                          "shards first")
+    failed = [f for k in range(num_parts)
+              for f in json.loads((pdir / f"part-{k:06d}.json").read_text()).get("failed", [])]
     stats = {"pseudo_masks": 0, "gt_masks": 0, "empty_dropped": 0,
-             "point_outside_mask": 0, "mostly_outside_box": 0, "class_not_in_tags": 0}
+             "point_outside_mask": 0, "mostly_outside_box": 0, "class_not_in_tags": 0,
+             "failed_images": len(failed)}
     next_id = 1
-    kept_ids = {a["image_id"] for a in weak.annotations}
-    writer = CocoStreamWriter(out_path, weak, {**weak.info, "pseudolabel": manifest})
+    dropped = {f["image_id"] for f in failed}
+    kept_ids = {a["image_id"] for a in weak.annotations} - dropped
+    writer = CocoStreamWriter(out_path, weak, {**weak.info, "pseudolabel": {
+        **manifest, "failed_images": failed}},
+        images=[img for img in weak.images if img["id"] not in dropped])
 
     def emit(ann: dict) -> None:
         nonlocal next_id
@@ -463,7 +522,7 @@ def merge_parts(weak: CocoDataset, pdir: Path, num_parts: int, out_path: Path,
         writer.abort()
         raise
     writer.close()
-    return {"out": str(out_path), **stats}
+    return {"out": str(out_path), **stats, "failed": failed}
 
 
 def jobs_for(weak: str, run_dir: Path, weak_file: Path | None, opts: GenerateOptions,

@@ -31,7 +31,7 @@ def image_seed(seed: int, step: int, position: int) -> int:
 
 
 class StepBatches(Dataset):
-    """Item k: this rank's share of global step ``start + k`` as a list of ``Sample``\\ s,
+    """Item k: this rank's share of global step ``start + k`` as a list of ``Sample`` objects,
     with each image's global position (for its seed)."""
 
     def __init__(self, data: InstanceData, *, batch: int, rank: int, world: int, seed: int,

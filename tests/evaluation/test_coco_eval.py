@@ -16,7 +16,7 @@ from pseudolabel.evaluation.coco_eval import (
     evaluate_masks,
     load_predictions,
 )
-from tests.conftest import tiny_coco
+from tests.conftest import square_rle, tiny_coco
 
 
 @pytest.fixture(scope="module")
@@ -102,5 +102,29 @@ def test_crowd_gt_keeps_mask_iou(write_json):
 def test_empty_and_malformed_predictions(write_json):
     ds = load_coco(write_json(tiny_coco()))
     assert evaluate_masks(ds, [])["segm"]["AP"] == 0.0
-    with pytest.raises(ValueError, match="prediction #0 needs"):
-        load_predictions(write_json([{"image_id": 1}], "bad.json"))
+    from pseudolabel.data.report import Report
+
+    report = Report()
+    assert load_predictions(write_json([{"image_id": 1}], "bad.json"), report) == []
+    assert "bad.json: prediction #0: needs image_id" in str(report.problems[0])
+
+
+@pytest.mark.parametrize("bad, reason", [
+    ({"score": float("nan")}, "'score' must be a finite number"),    # NaN: AP 100 before
+    ({"score": float("inf")}, "'score' must be a finite number"),
+    ({"segmentation": []}, "empty polygon list"),                     # aborted everything
+    ({"segmentation": {"size": [20, 30], "counts": "!!"}}, "not a COCO compressed RLE"),
+    ({"image_id": 2**70}, "must be integers"),                        # beyond 64 bits
+])
+def test_bad_predictions_are_skipped_by_name_and_the_rest_scored(write_json, bad, reason):
+    from pseudolabel.data.report import Report
+
+    ds = load_coco(write_json(tiny_coco()))
+    good = [{"id": 1, "image_id": 1, "category_id": 1, "score": 0.9,
+             "segmentation": square_rle(20, 30, 2, 2, 10, 10)}]
+    path = write_json(good + [{**good[0], "id": 7, **bad}], "preds.json")
+    report = Report()
+    result = evaluate_masks(ds, load_predictions(path, report), report=report)
+    assert result["num_predictions"] == 1 and result["segm"]["AP50"] > 0  # the good one
+    assert len(report) == 1 and "(id 7)" in str(report.problems[0])
+    assert reason in str(report.problems[0])
