@@ -48,6 +48,16 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _config(path):
+    """The config (``None``: the synthetic default), its image-path policy applied."""
+    from pseudolabel.config import load_config
+    from pseudolabel.data.images import set_follow_symlinks
+
+    cfg = load_config(path)
+    set_follow_symlinks(cfg.follow_symlinks)
+    return cfg
+
+
 def _runtime(device: str | None, precision: str | None, cfg):
     """The command's runtime (device, precision, rank): flags, then the config's block."""
     from pseudolabel.runtime import setup_runtime
@@ -108,12 +118,12 @@ def weaken(
     config: ConfigOpt = None,
 ) -> None:
     """Simulate weak labels from ground truth as seed 001 does (§3.2-3.5)."""
-    from pseudolabel.config import ensure_data, load_config
+    from pseudolabel.config import ensure_data
     from pseudolabel.data.coco import load_coco, save_json
     from pseudolabel.stages.weaken import weaken as run_weaken
 
     try:
-        cfg = load_config(config)
+        cfg = _config(config)
         gt = gt if gt is not None else ensure_data(cfg).train
         out = out if out is not None else cfg.run_dir / "weak" / f"{weak}.json"
         data, report = run_weaken(load_coco(gt), weak, fraction, seed)
@@ -169,14 +179,14 @@ def evaluate(
 
     --device and --precision apply to --teacher and --detector (the models run there).
     """
-    from pseudolabel.config import ensure_data, load_config
+    from pseudolabel.config import ensure_data
 
     chosen = [n for n, v in (("--pred", pred), ("--pseudo", pseudo), ("--teacher", teacher),
                              ("--detector", detector)) if v is not None]
     if len(chosen) != 1:
         _fail("give exactly one of --pred, --pseudo, --teacher or --detector")
     try:
-        cfg = load_config(config)
+        cfg = _config(config)
         data = ensure_data(cfg) if gt is None or images is None else None
         gt = gt if gt is not None else (data.train if pseudo is not None else data.val)
         images = images if images is not None else (data.images if data else None)
@@ -276,12 +286,12 @@ def teacher_finetune(
     """
     from dataclasses import asdict
 
-    from pseudolabel.config import ensure_data, load_config
+    from pseudolabel.config import ensure_data
     from pseudolabel.stages.teacher_finetune import finetune_teachers
     from pseudolabel.teacher.train import FinetuneConfig
 
     try:
-        cfg = load_config(config)
+        cfg = _config(config)
         rt = _runtime(device, precision, cfg)
         data = ensure_data(cfg) if rt.is_main else cfg.data
         rt.barrier()  # rank 0 may be writing the synthetic data
@@ -407,12 +417,11 @@ def generate(
     continues where it stopped. Under torchrun every rank takes its own parts and rank 0
     writes the files.
     """
-    from pseudolabel.config import load_config
     from pseudolabel.stages.generate import GenerateOptions, generate_many
 
     parsed = _parse_shard(shard)
     try:
-        cfg = load_config(config)
+        cfg = _config(config)
         cfg_rt = _runtime(device, precision, cfg)
         if cfg_rt.distributed and parsed:
             _fail("--shard and torchrun both split the work; use one of them")
@@ -465,7 +474,6 @@ def merge(
 
     Loads no model: the parts are found by the teachers' and detector's file hashes.
     """
-    from pseudolabel.config import load_config
     from pseudolabel.runtime import CPU
     from pseudolabel.stages.generate import GenerateOptions, generate_many
 
@@ -473,7 +481,7 @@ def merge(
         opts = GenerateOptions(weak or "", refine=refine, zero_shot=zero_shot,
                                samrefiner=samrefiner, part_size=part_size,
                                detect_batch=detect_batch)
-        data, jobs, teachers, _, dsha = _generate_setup(load_config(config), weak, weak_file,
+        data, jobs, teachers, _, dsha = _generate_setup(_config(config), weak, weak_file,
                                                         run_dir, out, opts, CPU, weights=False)
         summaries = generate_many(jobs, data.images, teachers, None, detector_sha=dsha,
                                   merge=True, progress=False, only_merge=True)
@@ -534,11 +542,11 @@ def noise(
 
     --device and --precision apply to --wan (SAM runs there).
     """
-    from pseudolabel.config import ensure_data, load_config
+    from pseudolabel.config import ensure_data
     from pseudolabel.stages.noise import noise_file, resolve_spec, wan_file
 
     try:
-        cfg = load_config(config)
+        cfg = _config(config)
         data = ensure_data(cfg) if gt is None or (wan and images is None) else None
         gt = gt if gt is not None else data.train
         if wan is not None:
@@ -609,14 +617,14 @@ def refine(
     config: ConfigOpt = None,
 ) -> None:
     """Refine coarse masks with SAM (SAMRefiner, seed 002): prompts mined from each mask."""
-    from pseudolabel.config import ensure_data, load_config
+    from pseudolabel.config import ensure_data
     from pseudolabel.stages.refine import load_refiner, refine_coco, refine_semantic
 
     if (coarse is None) == (semantic is None):
         _fail("give exactly one of --coarse (COCO) or --semantic (folder of label maps)")
     kinds = tuple(p.strip() for p in prompts.split(",") if p.strip())
     try:
-        cfg = load_config(config)
+        cfg = _config(config)
         images = images if images is not None else ensure_data(cfg).images
         sam = load_refiner(sam_model, sam_checkpoint, adapter, _runtime(device, precision, cfg))
         if semantic is not None:
@@ -657,11 +665,11 @@ def refine_adapt(
     config: ConfigOpt = None,
 ) -> None:
     """Train SAMRefiner++'s IoU adapter (seed 002 §3.3) on coarse masks, no annotation."""
-    from pseudolabel.config import ensure_data, load_config
+    from pseudolabel.config import ensure_data
     from pseudolabel.stages.refine import adapt_iou, load_refiner
 
     try:
-        cfg = load_config(config)
+        cfg = _config(config)
         images = images if images is not None else ensure_data(cfg).images
         sam = load_refiner(sam_model, sam_checkpoint, runtime=_runtime(device, precision, cfg))
         summary = adapt_iou(coarse, images, out, sam, seed=seed, max_images=max_images)
@@ -711,7 +719,7 @@ def train_student(
     """
     from dataclasses import replace
 
-    from pseudolabel.config import ensure_data, load_config
+    from pseudolabel.config import ensure_data
     from pseudolabel.stages.train_student import StudentConfig, evaluate_student
     from pseudolabel.stages.train_student import train_student as run_train
 
@@ -720,7 +728,7 @@ def train_student(
     if full == (weak is not None):
         _fail("give exactly one of --weak W or --full")
     try:
-        cfg = load_config(config)
+        cfg = _config(config)
         rt = _runtime(device, precision, cfg)
         run_dir = run_dir if run_dir is not None else cfg.run_dir
         try:
@@ -774,11 +782,11 @@ def report(
     config: ConfigOpt = None,
 ) -> None:
     """Pictures of a run (GT vs pseudo-masks, GT vs each student) and AP vs labelling hours."""
-    from pseudolabel.config import ensure_data, load_config
+    from pseudolabel.config import ensure_data
     from pseudolabel.stages.report import write_report
 
     try:
-        cfg = load_config(config)
+        cfg = _config(config)
         data = ensure_data(cfg)
         summary = write_report(run_dir or cfg.run_dir, data.train, data.val, data.images,
                                out, images)
@@ -794,10 +802,10 @@ def report(
 @app.command("check-config")
 def check_config(config: ConfigOpt = None) -> None:
     """List every file a config names that is missing (data, checkpoints)."""
-    from pseudolabel.config import check_paths, load_config
+    from pseudolabel.config import check_paths
 
     try:
-        problems = check_paths(load_config(config))
+        problems = check_paths(_config(config))
     except ValueError as exc:
         _fail(str(exc))
     for p in problems:
@@ -834,10 +842,15 @@ def check(
     annotations: Annotated[Path, typer.Argument(help="COCO instances file to validate.")],
     images: Annotated[Path | None, typer.Option(help="Image root; every image is decoded "
                                                 "and its size compared.")] = None,
+    follow_symlinks: Annotated[bool, typer.Option(
+        "--follow-symlinks", help="Allow image files that are symlinks leading out of the "
+        "image root (refused by default, as by the other commands).")] = False,
 ) -> None:
     """Validate a COCO file (and its images) and list every item that later stages would skip."""
+    from pseudolabel.data.images import set_follow_symlinks
     from pseudolabel.stages.check import check_dataset
 
+    set_follow_symlinks(follow_symlinks)
     try:
         counts, report = check_dataset(annotations, images)
     except ValueError as exc:

@@ -76,12 +76,12 @@ class Config:
     @property
     def runtime(self) -> dict:
         """The ``runtime:`` block (``device``, ``precision``); flags override it."""
-        block = self.raw.get("runtime") or {}
-        unknown = set(block) - {"device", "precision"}
-        if unknown:
-            raise ValueError(f"runtime: unknown keys {sorted(unknown)}; expected device, "
-                             "precision")
-        return block
+        return self.raw.get("runtime") or {}
+
+    @property
+    def follow_symlinks(self) -> bool:
+        """``data.follow_symlinks``: image files may be symlinks leading out of the root."""
+        return bool((self.raw.get("data") or {}).get("follow_symlinks", False))
 
 
 def synthetic_paths(root: Path) -> DataPaths:
@@ -102,13 +102,15 @@ def load_config(path: str | Path | None) -> Config:
         raise ValueError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a config must be a mapping at the top level")
+    from pseudolabel.config_check import check_config
+    from pseudolabel.stages.train_student import StudentConfig
+
+    check_config(raw, path, models=Models, teacher=TeacherTraining, student=StudentConfig,
+                 synth=SynthConfig)
     data = raw.get("data") or {}
     run_dir = Path(raw.get("run_dir", DEFAULT_RUN_DIR))
-    try:
-        models = Models(**(raw.get("models") or {}))
-        teacher = TeacherTraining(**(raw.get("teacher") or {}))
-    except TypeError as exc:
-        raise ValueError(f"{path}: bad 'models' or 'teacher' section ({exc})") from None
+    models = Models(**(raw.get("models") or {}))
+    teacher = TeacherTraining(**(raw.get("teacher") or {}))
     if "synthetic" in data:
         synth = SynthConfig(**data["synthetic"].get("params", {}))
         return Config(synthetic_paths(Path(data["synthetic"]["root"])), run_dir, synth, models,

@@ -23,15 +23,30 @@ def test_real_data_config(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ("data: {train: t.json}", "needs keys \\['val', 'images'\\]"),
-    ("models: {sam: tiny, colour: red}", "bad 'models' or 'teacher' section"),
+    ("models: {sam: tiny, colour: red}", "models.colour: unknown key"),
+    ("rundir: runs/x", "rundir: unknown top-level key"),                # a typo, not ignored
+    ("teacher: {steps: -5}", "teacher.steps: expected a positive integer, got -5"),
+    ("teacher: {steps: twenty}", "teacher.steps: expected an integer, got 'twenty'"),
+    ("teacher: {lr: .nan}", "teacher.lr: expected a number"),
+    ("teacher: {drop_at: 1.5}", "teacher.drop_at: expected a number in \\(0, 1\\]"),
+    ("student: {batch: 0}", "student.batch: expected a positive integer"),
+    ("student: {arch: yolo}", "student.arch: expected one of mask2former, condinst"),
+    ("student: {scale_min: 2.0, scale_max: 1.0}", "student.scale_min: 2.0 is above"),
+    ("runtime: {device: gpu}", "runtime.device: expected auto, cpu, cuda or cuda:N"),
+    ("runtime: {precision: fp8}", "runtime.precision: expected one of fp32"),
+    ("runtime: {gpus: 2}", "runtime.gpus: unknown key"),
+    ("data: {synthetic: {root: r, params: {train: -1}}}", "params.train: expected an integer"),
+    ("data: {synthetic: {root: r, params: {style: x}}}", "style: expected one of target"),
+    ("data: {train: t, val: v, images: i, imgs: j}", "data.imgs: unknown key"),
     ("- a list", "mapping"),
     ("data: [unclosed", "not valid YAML"),
 ])
 def test_bad_configs(tmp_path, text, message):
     path = tmp_path / "c.yaml"
     path.write_text(text)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message) as err:
         load_config(path)
+    assert str(path) in str(err.value)  # the file is named
     with pytest.raises(ValueError, match="config file not found"):
         load_config(tmp_path / "missing.yaml")
 

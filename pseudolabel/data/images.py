@@ -19,11 +19,24 @@ class ImageLoadError(ValueError):
         self.reason = reason
 
 
+# Whether a file_name may be a symlink (or lie under one) leading out of the image root. Off by
+# default: an annotation file must not make the tools read arbitrary files. A process-wide
+# I/O policy, like PIL's MAX_IMAGE_PIXELS; the command line sets it from the config's
+# data.follow_symlinks (or check's --follow-symlinks).
+_FOLLOW_SYMLINKS = False
+
+
+def set_follow_symlinks(allow: bool) -> None:
+    global _FOLLOW_SYMLINKS
+    _FOLLOW_SYMLINKS = bool(allow)
+
+
 def resolve_image_path(image_root: str | Path, file_name: str) -> Path:
     """Join ``file_name`` to ``image_root``, refusing names that leave the root.
 
-    An absolute name, or one whose ``..`` parts climb above the root, raises ``ImageLoadError``.
-    The check is on the normalised path, so symlinked image folders inside the root still work.
+    An absolute name, one whose ``..`` parts climb above the root, or (unless
+    ``set_follow_symlinks(True)``) one that resolves through a symlink to a place outside the
+    root raises ``ImageLoadError``.
     """
     if not isinstance(file_name, str) or not file_name:
         raise ImageLoadError(f"{image_root}/{file_name!r}", "file_name must be a non-empty string")
@@ -33,7 +46,15 @@ def resolve_image_path(image_root: str | Path, file_name: str) -> Path:
     normalised = os.path.normpath(file_name)
     if normalised == ".." or normalised.startswith(".." + os.sep):
         raise ImageLoadError(file_name, f"file_name escapes the image root {image_root}")
-    return Path(image_root) / normalised
+    path = Path(image_root) / normalised
+    if not _FOLLOW_SYMLINKS:
+        root = os.path.realpath(image_root)
+        real = os.path.realpath(path)
+        if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
+            raise ImageLoadError(file_name, f"resolves through a symlink to {real}, outside "
+                                 f"the image root {image_root}; set data.follow_symlinks: "
+                                 "true in the config (check: --follow-symlinks) to allow it")
+    return path
 
 
 def _to_rgb_uint8(img: Image.Image) -> np.ndarray:

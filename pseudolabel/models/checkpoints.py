@@ -26,21 +26,41 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         except Exception as exc:  # safetensors raises its own error types
             raise ValueError(f"{path}: not a readable safetensors file ({exc})") from None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise ValueError(
-            f"{path}: refused: this checkpoint's pickle would run code or build objects other "
-            f"than tensors ({str(exc).splitlines()[0]}). Only plain state dicts or "
-            "safetensors files are loaded."
-        ) from None
-    except (RuntimeError, EOFError) as exc:
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({exc})") from None
+    obj = safe_torch_load(path)
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         obj = obj["model"]  # training checkpoints that wrap the weights
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"{path}: expected a dict of tensors (a state dict)")
     return obj
+
+
+def safe_torch_load(path: str | Path):
+    """``torch.load(weights_only=True)`` onto the CPU, every failure a ``ValueError`` naming the
+    file: a pickle that would run code or build objects other than tensors is refused (one
+    message for every checkpoint the package reads: weights, teachers, training states)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: checkpoint file not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first.split(". ")[0] if "Weights only load failed" in first else first
+        raise ValueError(
+            f"{path}: refused: this checkpoint's pickle would run code or build objects other "
+            f"than tensors ({_unsafe_global(str(exc)) or first}). Only plain state dicts or "
+            "safetensors files are loaded; nothing of it was run."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({exc})") from None
+
+
+def _unsafe_global(message: str) -> str:
+    """The global a refused pickle asked for, from torch's message."""
+    for line in message.splitlines():
+        if "Unsupported global" in line or "GLOBAL" in line:
+            return line.strip().split(" was not")[0].removeprefix("WeightsUnpickler error: ")
+    return ""
 
 
 def load_weights(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

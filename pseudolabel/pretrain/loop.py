@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -11,6 +12,9 @@ from pathlib import Path
 import torch
 from torch import nn
 from tqdm import tqdm
+
+from pseudolabel.lock import StageLock
+from pseudolabel.models.checkpoints import safe_torch_load
 
 STATE_KEYS = ("model", "optimizer", "step", "history", "seconds")
 
@@ -31,7 +35,9 @@ def save_state(path: Path, model: nn.Module, optimizer, step: int, history: list
 def load_state(path: Path, model: nn.Module, optimizer,
                scaler: torch.amp.GradScaler | None = None) -> tuple[int, list, float]:
     """Resume mirrors save: weights-only loading (onto the model's device), strict keys."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = safe_torch_load(path)
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: a training state must be a dict of {list(STATE_KEYS)}")
     missing = [k for k in STATE_KEYS if k not in state]
     if missing:
         raise ValueError(f"{path}: training state lacks {missing}")
@@ -61,9 +67,18 @@ def train(model: nn.Module, optimizer, step_fn: Callable[[int], dict], *, steps:
     runs. Returns the history (one dict of figures per step). A ``history.jsonl`` beside the
     state file gets one line per step. ``save=False`` (every rank but the first under
     ``torchrun``) resumes but writes nothing. ``scaler`` (fp16) is saved and resumed too.
+    A writing run holds ``.train.lock`` in the state's folder: a second process training
+    into the same folder is refused with the holder's pid.
     """
     state_path = Path(state_path)
     state_path.parent.mkdir(parents=True, exist_ok=True)
+    with StageLock(state_path.parent, "train") if save else contextlib.nullcontext():
+        return _train(model, optimizer, step_fn, steps, state_path, every, desc, stop_after,
+                      progress, save, scaler)
+
+
+def _train(model, optimizer, step_fn, steps, state_path: Path, every, desc, stop_after,
+           progress, save, scaler) -> list[dict]:
     start, history, seconds = 0, [], 0.0
     if state_path.is_file():
         start, history, seconds = load_state(state_path, model, optimizer, scaler)

@@ -18,6 +18,7 @@ are resized for SAM in background threads while the models work on the previous 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -32,6 +33,7 @@ from tqdm import tqdm
 
 from pseudolabel.data.coco import CocoDataset, CocoStreamWriter, load_coco
 from pseudolabel.data.images import MAX_PIXELS, load_image_bounded, resolve_image_path
+from pseudolabel.lock import StageLock
 from pseudolabel.models.predictor import PromptedSam
 from pseudolabel.pseudo_masks import (
     SETTINGS,
@@ -391,6 +393,17 @@ def generate_many(jobs: list[Job], image_root: str | Path, teachers: Teachers, d
     merge``) and generates nothing.
     """
     image_root = Path(image_root)
+    index, count = shard
+    with contextlib.ExitStack() as locks:
+        if not only_merge:  # one process per (parts folder, shard)
+            for job in sorted(jobs, key=lambda j: str(j.parts_dir)):
+                locks.enter_context(StageLock(job.parts_dir, f"generate-{index}of{count}"))
+        return _generate_many(jobs, image_root, teachers, detector, detector_sha, shard, merge,
+                              progress, barrier, only_merge)
+
+
+def _generate_many(jobs, image_root, teachers, detector, detector_sha, shard, merge, progress,
+                   barrier, only_merge) -> list[dict]:
     for job in jobs:
         job.parts_dir.mkdir(parents=True, exist_ok=True)
     groups: dict[tuple[int, ...], list[Job]] = {}
