@@ -352,6 +352,12 @@ def _generate_setup(cfg, weak, weak_file, run_dir, out, opts, runtime, weights=T
             _fail(f"{path}: weak-label file not found (write it with pseudolabel weaken --weak "
                   f"{setting} --fraction F, or pass --weak-file)")
     weak_sets = [load_coco(p) for p in paths]
+    for path, w in zip(paths, weak_sets, strict=True):
+        plain = [img["id"] for img in w.images if img.get("kind") is None]
+        if plain:
+            _fail(f"{path}: images {plain[:5]}{'...' if len(plain) > 5 else ''} have no 'kind': "
+                  "generate needs a weak-label file (write one with pseudolabel weaken, or "
+                  "mark each image's kind; see docs/weak-labels.md)")
     kinds = {img.get("kind") for w in weak_sets for img in w.images} - {"fully_labeled"}
     categories = weak_sets[0].category_ids
     teachers = load_run_teachers(run_dir, kinds, categories, refine=opts.refine,
@@ -452,6 +458,7 @@ def generate(
                    f"{summary['mostly_outside_box']} more than half outside the prompt box, "
                    f"{summary['class_not_in_tags']} class not among the image tags")
         _echo_failed(summary)
+        _echo_skipped({"skipped_input": summary.get("skipped_input")})
         typer.echo(f"wrote {summary['out']}")
 
 
@@ -492,6 +499,19 @@ def merge(
                    f"{summary['gt_masks']} GT masks")
         _echo_failed(summary)
         typer.echo(f"wrote {summary['out']}")
+
+
+def _echo_skipped(summary: dict) -> None:
+    """Input items skipped when loading and images that could not be used, by name."""
+    skipped = summary.get("skipped_input") or []
+    if skipped:
+        typer.echo(f"skipped {len(skipped)} item(s) of the input; first: {skipped[0]}")
+    failed = summary.get("failed") or []
+    if failed:
+        first = failed[0]
+        what = f"image {first['image_id']}" if "image_id" in first else first.get("label_map")
+        typer.echo(f"{len(failed)} image(s) could not be used (recorded in the output), e.g. "
+                   f"{what}: {first['reason']}")
 
 
 def _echo_failed(summary: dict) -> None:
@@ -576,6 +596,7 @@ def noise(
         v = summary["vs_clean"]
         typer.echo(f"noisy vs clean: mask AP {v['mask_AP']:.1f}, boundary AP "
                    f"{v['boundary_AP']:.1f}")
+    _echo_skipped(summary)
     _print_json(summary, json_out)
     typer.echo(f"wrote {summary['out']}")
 
@@ -646,6 +667,7 @@ def refine(
                        f"{summary['seconds']:.1f} s")
     except ValueError as exc:
         _fail(str(exc))
+    _echo_skipped(summary)
     typer.echo(f"wrote {summary['out']}")
 
 
@@ -677,6 +699,7 @@ def refine_adapt(
         _fail(str(exc))
     typer.echo(f"{summary['masks']} masks, {summary['steps']} steps, mean ranking loss "
                f"{summary['mean_loss']:.4f}")
+    _echo_skipped(summary)
     typer.echo(f"wrote {summary['out']}")
 
 

@@ -315,17 +315,20 @@ class CocoStreamWriter:
     it and moves it into place, ``abort`` removes the partial file. Memory does not grow with
     the annotations."""
 
-    def __init__(self, out: Path, gt: CocoDataset, info: dict,
+    def __init__(self, out: Path, gt: CocoDataset, info: dict | None,
                  images: list[dict] | None = None) -> None:
+        """``info=None``: ``info`` is given to ``close`` instead (known only at the end)."""
         out.parent.mkdir(parents=True, exist_ok=True)
         self.out = out
         self.tmp = out.with_name(out.name + f".tmp{os.getpid()}")
         self.f = open(self.tmp, "w")
-        self.f.write('{"info": ' + json.dumps(info))
+        self.info_at_end = info is None
+        self.f.write('{"images": ' + json.dumps(gt.images if images is None else images))
+        if info is not None:
+            self.f.write(', "info": ' + json.dumps(info))
         for key, value in gt.extra.items():
             if key != "info":
                 self.f.write(f", {json.dumps(key)}: " + json.dumps(value))
-        self.f.write(', "images": ' + json.dumps(gt.images if images is None else images))
         self.f.write(', "categories": ' + json.dumps(gt.categories))
         self.f.write(', "annotations": [')
         self.first = True
@@ -334,8 +337,11 @@ class CocoStreamWriter:
         self.f.write(("" if self.first else ", ") + json.dumps(ann))
         self.first = False
 
-    def close(self) -> None:
-        self.f.write("]}\n")
+    def close(self, info: dict | None = None) -> None:
+        self.f.write("]")
+        if self.info_at_end:
+            self.f.write(', "info": ' + json.dumps(info or {}))
+        self.f.write("}\n")
         self.f.close()
         os.replace(self.tmp, self.out)
 

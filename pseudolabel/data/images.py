@@ -136,3 +136,22 @@ def image_size(path: str | Path) -> tuple[int, int]:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageLoadError(path, f"not a readable image file ({exc})") from None
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
+def read_full_image(image_root: str | Path, record: dict) -> tuple[np.ndarray | None, str]:
+    """The image of a COCO record at full resolution, or why it cannot be used: unreadable,
+    unlike its record's size, or above the pixel budget (refinement works on full-resolution
+    masks, so a huge image is not decoded reduced but left out)."""
+    try:
+        path = resolve_image_path(image_root, record["file_name"])
+        h, w = image_size(path)
+        if h * w > MAX_PIXELS:
+            return None, (f"{record['file_name']} is {w}x{h}, above the {MAX_PIXELS:,}-pixel "
+                          "budget; downscale it (its masks are kept as they are)")
+        pixels = load_image(path)
+    except ValueError as exc:
+        return None, str(exc)
+    if pixels.shape[:2] != (record["height"], record["width"]):
+        return None, (f"{record['file_name']} is {pixels.shape[1]}x{pixels.shape[0]}, its "
+                      f"record says {record['width']}x{record['height']}")
+    return pixels, ""

@@ -141,8 +141,11 @@ def evaluate_masks(gt: CocoDataset, predictions: list[dict], *, area_scale: floa
     for ann in gt_dict["annotations"]:
         if "segmentation" not in ann:
             continue  # box-only annotations cannot be scored for masks
-        ann = {**ann, "iscrowd": ann.get("iscrowd", 0)}
-        ann.setdefault("area", rle_area(gt.rle(ann)))
+        # as RLE made by our rasteriser (polygons clipped to the image first): pycocotools'
+        # own polygon path walks every edge, and one vertex at 1e9 px crashed it
+        rle = gt.rle(ann)
+        ann = {**ann, "iscrowd": ann.get("iscrowd", 0), "segmentation": rle}
+        ann.setdefault("area", rle_area(rle))
         gt_anns.append(ann)
     gt_dict["annotations"] = gt_anns
     coco_gt = coco_from_dict(gt_dict)

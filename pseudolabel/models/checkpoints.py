@@ -56,10 +56,11 @@ def safe_torch_load(path: str | Path):
 
 
 def _unsafe_global(message: str) -> str:
-    """The global a refused pickle asked for, from torch's message."""
+    """What a refused pickle asked for (a global, an opcode), from torch's message."""
     for line in message.splitlines():
-        if "Unsupported global" in line or "GLOBAL" in line:
-            return line.strip().split(" was not")[0].removeprefix("WeightsUnpickler error: ")
+        line = line.strip().removeprefix("WeightsUnpickler error: ").strip()
+        if line.startswith(("Unsupported global", "Unsupported operand", "Unsupported class")):
+            return line.split(" was not")[0]
     return ""
 
 

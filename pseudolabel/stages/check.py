@@ -7,7 +7,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pseudolabel.data.coco import load_coco
-from pseudolabel.data.images import ImageLoadError, load_image, resolve_image_path
+from pseudolabel.data.images import ImageLoadError, load_image_bounded, resolve_image_path
 from pseudolabel.data.report import Report
 
 
@@ -24,15 +24,15 @@ def check_dataset(annotations: str | Path, image_root: str | Path | None,
     ok_images = 0
     if image_root is not None:
         for img in tqdm(ds.images, desc="check images", unit="img", disable=not progress):
-            try:
-                arr = load_image(resolve_image_path(image_root, img["file_name"]))
+            try:  # decoded whole (truncation shows), kept reduced when huge
+                _, (h, w) = load_image_bounded(resolve_image_path(image_root, img["file_name"]))
             except ImageLoadError as exc:
                 report.add(str(annotations), f"image {img['id']}", str(exc))
                 continue
-            if arr.shape[:2] != (img["height"], img["width"]):
+            if (h, w) != (img["height"], img["width"]):
                 report.add(str(annotations), f"image {img['id']}",
-                           f"{img['file_name']} is {arr.shape[1]}x{arr.shape[0]} but the file "
-                           f"records {img['width']}x{img['height']}")
+                           f"{img['file_name']} is {w}x{h} but the file records "
+                           f"{img['width']}x{img['height']}")
                 continue
             ok_images += 1
     counts = {"images": len(ds.images), "annotations": len(ds.annotations),

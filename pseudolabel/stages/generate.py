@@ -456,6 +456,7 @@ def _generate_many(jobs, image_root, teachers, detector, detector_sha, shard, me
             pool.shutdown(cancel_futures=True)
     bar.close()
     summaries = [{"setting": j.opts.setting, "parts_dir": str(j.parts_dir),
+                  "skipped_input": [str(p) for p in j.weak.report.problems],
                   "parts": -(-len(j.ids) // j.opts.part_size), "shard": f"{index}/{count}",
                   "generated_images": sum(len(p) for g, p, _ in work if j in g)}
                  for j in jobs]

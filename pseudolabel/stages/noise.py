@@ -198,6 +198,7 @@ def noise_file(gt_path: str | Path, out: str | Path, spec: NoiseSpec, *, name: s
     writer.close()
     seconds = time.perf_counter() - t0
     summary = {"out": str(out), "level": name, "seed": seed, "instances": n,
+               "skipped_input": [str(p) for p in gt.report.problems],
                "crowd_untouched": counts["crowd_untouched"],
                "class_flip_planned": int(plan.flip.sum()),
                "class_flipped": counts["class_flipped"],
@@ -235,7 +236,7 @@ def wan_file(gt_path: str | Path, image_root: str | Path, out: str | Path, level
     (``kept_clean``). Each image is encoded once and all its prompts decoded in one batch,
     on ``runtime``'s device (default: CPU, fp32).
     """
-    from pseudolabel.data.images import load_image, resolve_image_path
+    from pseudolabel.data.images import read_full_image
     from pseudolabel.data.masks import xywh_to_xyxy
     from pseudolabel.models import assets
     from pseudolabel.models.predictor import PromptedSam
@@ -256,8 +257,9 @@ def wan_file(gt_path: str | Path, image_root: str | Path, out: str | Path, level
     manifest = {"gt": str(gt_path), "wan": level, "prompt": prompt, "sam_model": sam_model,
                 "checkpoint": str(checkpoint), "class_noise": spec.class_p, "seed": seed,
                 "reference": "seed 003 §3.4 (COCO-WAN)"}
-    writer = CocoStreamWriter(Path(out), gt, {**gt.info, "pseudolabel_noise": manifest})
+    writer = CocoStreamWriter(Path(out), gt, None)  # info, with failures, at the end
     counts: Counter = Counter()
+    failed: list[dict] = []
     index = 0
     bar = tqdm(total=len(gt.images), desc=f"COCO-WAN {level}", unit="img",
                disable=not progress)
@@ -267,17 +269,23 @@ def wan_file(gt_path: str | Path, image_root: str | Path, out: str | Path, level
             # only images with an instance to prompt are read and encoded
             todo = [img for img in batch if any(not a.get("iscrowd", 0)
                                                 for a in gt.anns_by_image[img["id"]])]
-            pixels = [load_image(resolve_image_path(image_root, img["file_name"]))
-                      for img in todo]
-            for img, px in zip(todo, pixels, strict=True):
-                if px.shape[:2] != (img["height"], img["width"]):
-                    raise ValueError(f"{img['file_name']}: image is {px.shape[1]}x"
-                                     f"{px.shape[0]}, annotations say {img['width']}x"
-                                     f"{img['height']}")
+            loaded = [read_full_image(image_root, img) for img in todo]
+            bad = {img["id"]: reason for img, (_, reason) in zip(todo, loaded, strict=True)
+                   if reason}
+            failed += [{"image_id": i, "reason": r} for i, r in bad.items()]
+            pixels = [px for px, reason in loaded if not reason]
+            todo = [img for img in todo if img["id"] not in bad]
             emb = sam.encode(pixels) if todo else None
             slot = {img["id"]: b for b, img in enumerate(todo)}
             for img in batch:
                 anns = gt.anns_by_image[img["id"]]
+                if img["id"] in bad:  # unusable image: its masks stay clean, counted as such
+                    for ann in anns:
+                        writer.write(ann)
+                        if not ann.get("iscrowd", 0):
+                            index += 1
+                            counts["kept_clean"] += 1
+                    continue
                 live = [a for a in anns if not a.get("iscrowd", 0)]
                 rles = [gt.rle(a) for a in live]
                 if live:
@@ -322,8 +330,8 @@ def wan_file(gt_path: str | Path, image_root: str | Path, out: str | Path, level
         raise
     finally:
         bar.close()
-    writer.close()
-    summary = {"out": str(out), "wan": level, "instances": n,
+    writer.close({**gt.info, "pseudolabel_noise": {**manifest, "failed_images": failed}})
+    summary = {"out": str(out), "wan": level, "instances": n, "failed": failed,
                "crowd_untouched": counts["crowd_untouched"],
                "class_flipped": counts["class_flipped"],
                "class_rate": counts["class_flipped"] / max(n, 1),

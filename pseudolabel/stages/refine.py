@@ -24,7 +24,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from pseudolabel.data.coco import CocoStreamWriter, load_coco
-from pseudolabel.data.images import load_image, resolve_image_path
+from pseudolabel.data.images import load_image, read_full_image
 from pseudolabel.data.masks import mask_to_rle, rle_area, rle_to_mask, rle_to_xywh
 from pseudolabel.models import assets
 from pseudolabel.models.predictor import PromptedSam
@@ -66,12 +66,11 @@ def refine_coco(coarse_path: str | Path, image_root: str | Path, out: str | Path
     opts = _options(prompts, iters, cebox)
     t0 = time.perf_counter()
     coarse = load_coco(coarse_path)
-    info = {**coarse.info, "pseudolabel_refine": {"coarse": str(coarse_path), **opts,
-                                                  "prompts": list(opts["prompts"]),
-                                                  **(manifest or {}),
-                                                  "reference": "seed 002 (SAMRefiner)"}}
-    writer = CocoStreamWriter(Path(out), coarse, info)
+    manifest = {"coarse": str(coarse_path), **opts, "prompts": list(opts["prompts"]),
+                **(manifest or {}), "reference": "seed 002 (SAMRefiner)"}
+    writer = CocoStreamWriter(Path(out), coarse, None)  # info, with failures, at the end
     counts: Counter = Counter()
+    failed: list[dict] = []
     bar = tqdm(coarse.images, desc="refine", unit="img", disable=not progress)
     try:
         for img in bar:
@@ -79,11 +78,13 @@ def refine_coco(coarse_path: str | Path, image_root: str | Path, out: str | Path
             live = [a for a in anns if not a.get("iscrowd", 0)]
             refined = None
             if live:
-                pixels = load_image(resolve_image_path(image_root, img["file_name"]))
-                if pixels.shape[:2] != (img["height"], img["width"]):
-                    raise ValueError(f"{img['file_name']}: image is {pixels.shape[1]}x"
-                                     f"{pixels.shape[0]}, annotations say {img['width']}x"
-                                     f"{img['height']}")
+                pixels, reason = read_full_image(image_root, img)
+                if reason:  # the image's coarse masks are kept as they are
+                    failed.append({"image_id": img["id"], "file_name": img["file_name"],
+                                   "reason": reason})
+                    for ann in anns:
+                        writer.write(ann)
+                    continue
                 masks = np.stack([rle_to_mask(coarse.rle(a)) for a in live])
                 refined = refine_masks(sam, sam.encode([pixels]), masks, **opts)
             k = 0
@@ -104,10 +105,13 @@ def refine_coco(coarse_path: str | Path, image_root: str | Path, out: str | Path
     except BaseException:
         writer.abort()
         raise
-    writer.close()
+    writer.close({**coarse.info, "pseudolabel_refine": {**manifest, "failed_images": failed}})
     seconds = time.perf_counter() - t0
-    return {"out": str(out), **counts, "images": len(coarse.images),
+    return {"out": str(out), **counts, "images": len(coarse.images), "failed": failed,
+            "skipped_input": [str(p) for p in coarse.report.problems],
             "seconds": round(seconds, 2)}
+
+
 
 
 def _image_for(stem: str, image_root: Path) -> Path:
@@ -156,19 +160,17 @@ def refine_semantic(coarse_dir: str | Path, image_root: str | Path, out_dir: str
         raise ValueError(f"{coarse_dir}: no .png label maps found")
     out_dir.mkdir(parents=True, exist_ok=True)
     counts: Counter = Counter()
+    failed = []
     for path in tqdm(files, desc="refine semantic", unit="img", disable=not progress):
         target = out_dir / path.name
         if target.is_file():
             counts["skipped_existing"] += 1
             continue
-        labels = np.asarray(Image.open(path))
-        if labels.ndim != 2:
-            raise ValueError(f"{path}: expected a single-channel label map, got shape "
-                             f"{labels.shape}")
-        pixels = load_image(_image_for(path.stem, image_root))
-        if pixels.shape[:2] != labels.shape:
-            raise ValueError(f"{path}: label map is {labels.shape[1]}x{labels.shape[0]}, its "
-                             f"image {pixels.shape[1]}x{pixels.shape[0]}")
+        try:
+            labels, pixels = _label_map_and_image(path, image_root)
+        except ValueError as exc:  # this map is skipped and recorded; the others go on
+            failed.append({"label_map": path.name, "reason": str(exc)})
+            continue
         refined, n = refine_label_map(sam, pixels, labels, background=background,
                                       ignore=ignore, min_area=min_area, **opts)
         tmp = target.with_name(target.name + ".tmp.png")
@@ -176,7 +178,23 @@ def refine_semantic(coarse_dir: str | Path, image_root: str | Path, out_dir: str
         tmp.replace(target)
         counts["images"] += 1
         counts["regions"] += n
-    return {"out": str(out_dir), **counts}
+    return {"out": str(out_dir), **counts, "failed": failed}
+
+
+def _label_map_and_image(path: Path, image_root: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with Image.open(path) as im:
+            labels = np.asarray(im)
+    except OSError as exc:
+        raise ValueError(f"{path}: not a readable label map ({exc})") from None
+    if labels.ndim != 2:
+        raise ValueError(f"{path}: expected a single-channel label map, got shape "
+                         f"{labels.shape}")
+    pixels = load_image(_image_for(path.stem, image_root))
+    if pixels.shape[:2] != labels.shape:
+        raise ValueError(f"{path}: label map is {labels.shape[1]}x{labels.shape[0]}, its "
+                         f"image {pixels.shape[1]}x{pixels.shape[0]}")
+    return labels, pixels
 
 
 def adapt_iou(coarse_path: str | Path, image_root: str | Path, out: str | Path,
@@ -204,7 +222,7 @@ def adapt_iou(coarse_path: str | Path, image_root: str | Path, out: str | Path,
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     images = coarse.images if max_images is None else coarse.images[:max_images]
-    pending, steps, losses, seen = 0, 0, [], 0
+    pending, steps, losses, seen, skipped = 0, 0, [], 0, []
     bar = tqdm(images, desc="refine-adapt", unit="img", disable=not progress)
     for img in bar:
         live = [a for a in coarse.anns_by_image[img["id"]] if not a.get("iscrowd", 0)]
@@ -212,7 +230,10 @@ def adapt_iou(coarse_path: str | Path, image_root: str | Path, out: str | Path,
         masks = [m for m in masks if m.any()]
         if not masks:
             continue
-        pixels = load_image(resolve_image_path(image_root, img["file_name"]))
+        pixels, reason = read_full_image(image_root, img)
+        if reason:
+            skipped.append({"image_id": img["id"], "reason": reason})
+            continue
         emb = sam.encode([pixels])
         original, input_size = emb.original_sizes[0], emb.input_sizes[0]
         stack = np.stack(masks)
@@ -256,4 +277,5 @@ def adapt_iou(coarse_path: str | Path, image_root: str | Path, out: str | Path,
     meta = {"coarse": str(coarse_path), "masks": seen, "steps": steps, "lr": lr,
             "batch": batch, "milestones": list(milestones), "margin": margin, "seed": seed}
     save_iou_adapter(out, lora, meta)
-    return {"out": str(out), **meta, "mean_loss": float(np.mean(losses)) if losses else 0.0}
+    return {"out": str(out), **meta, "mean_loss": float(np.mean(losses)) if losses else 0.0,
+            "failed": skipped, "skipped_input": [str(p) for p in coarse.report.problems]}

@@ -90,6 +90,7 @@ def weaken(gt: CocoDataset, weak: str, fraction: float, seed: int = 0) -> tuple[
     if weak not in WEAK_KINDS:
         raise ValueError(f"unknown weak setting {weak!r}; expected one of {WEAK_KINDS}")
     report = Report()
+    report.extend(gt.report)  # what loading the GT skipped is skipped here too
     full = set(select_fully_labeled([img["id"] for img in gt.images], fraction, seed))
     images, annotations = [], []
     for img in gt.images:
