@@ -42,7 +42,7 @@ class Models:
     detector: str = "tiny"
     detector_checkpoint: str | None = "default"
     text_encoder: str = "tiny"
-    text_checkpoint: str | None = None
+    text_checkpoint: str | None = "default"
 
 
 @dataclass

@@ -4,12 +4,14 @@
     python scripts/pretrain_synthetic_foundation.py sam   --sam-model tiny_hr \
         --init pseudolabel/assets/sam_tiny.safetensors --steps 8000 --work runs/pretrain_hr
     python scripts/pretrain_synthetic_foundation.py gdino --steps 6000 --work runs/pretrain
+    python scripts/pretrain_synthetic_foundation.py clip  --steps 3000 --work runs/pretrain
     python scripts/pretrain_synthetic_foundation.py export --work runs/pretrain
 
 Each run is seeded, resumable (re-run the same command after an interruption; ``--stop-after
 N`` splits training across runs) and shows a progress bar. ``export`` evaluates both models
-zero-shot on the target world's val split and writes ``pseudolabel/assets/`` (safetensors
-weights + manifest.json).
+zero-shot on the target world's val split (the CLIP text tower by its class embeddings'
+cosines and its crop classification) and writes ``pseudolabel/assets/`` (safetensors weights +
+manifest.json). Models whose folder is absent keep their manifest entries.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 import torch
 
 from pseudolabel.data.coco import load_coco
-from pseudolabel.models.checkpoints import save_safetensors
+from pseudolabel.models.checkpoints import load_state_dict, save_safetensors
 from pseudolabel.models.predictor import PromptedSam
 from pseudolabel.models.sam import build_sam
 from pseudolabel.pretrain.loop import train
@@ -44,7 +46,6 @@ def _val(work: Path) -> Path:
 
 
 def run_sam(args) -> None:
-    from pseudolabel.models.checkpoints import load_state_dict
     from pseudolabel.models.sam import warm_start_from_plain
     from pseudolabel.pretrain.sam import SamPretrainConfig, train_step
 
@@ -61,6 +62,19 @@ def run_sam(args) -> None:
     out = args.work / "sam"
     train(predictor.sam, opt, lambda s: train_step(predictor, opt, s, cfg), steps=cfg.steps,
           state_path=out / "state.pt", every=100, desc="tiny SAM", stop_after=args.stop_after)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+
+
+def run_clip(args) -> None:
+    from pseudolabel.pretrain.clip import ClipPretrainConfig, TinyClip, train_step
+
+    cfg = ClipPretrainConfig(steps=args.steps, seed=args.seed, data_seed=args.data_seed)
+    torch.manual_seed(cfg.seed)
+    model = TinyClip()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    out = args.work / "clip"
+    train(model, opt, lambda s: train_step(model, opt, s, cfg), steps=cfg.steps,
+          state_path=out / "state.pt", every=100, desc="tiny CLIP", stop_after=args.stop_after)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
 
@@ -94,7 +108,7 @@ def run_export(args) -> None:
                                 f"{torch.get_num_threads()} threads, no GPU",
                      "eval": "target synthetic val (pseudolabel synth defaults, seed 0), "
                              "zero-shot"})
-    for name in ("sam", "gdino"):
+    for name in ("sam", "gdino", "clip"):
         state_file = args.work / name / "state.pt"
         if not state_file.is_file():
             print(f"skipping {name}: {state_file} not found", file=sys.stderr)
@@ -102,8 +116,13 @@ def run_export(args) -> None:
         state = torch.load(state_file, map_location="cpu", weights_only=True)
         cfg = json.loads((args.work / name / "config.json").read_text())
         sam_model = cfg.get("sam_model", "tiny")
-        file = f"sam_{sam_model}.safetensors" if name == "sam" else "gdino_tiny.safetensors"
-        save_safetensors(ASSETS / file, state["model"])
+        file = {"sam": f"sam_{sam_model}.safetensors", "gdino": "gdino_tiny.safetensors",
+                "clip": "text_tiny.safetensors"}[name]
+        weights = state["model"]
+        if name == "clip":  # only the text tower ships, in fp16 (loaded back as fp32)
+            weights = {k.removeprefix("tower."): v.half() for k, v in weights.items()
+                       if k.startswith("tower.")}
+        save_safetensors(ASSETS / file, weights)
         history = state["history"]
         entry = {
             "file": file, "sha256": _sha256(ASSETS / file),
@@ -122,7 +141,13 @@ def run_export(args) -> None:
         }
         t = time.perf_counter()
         subset = [img["id"] for img in gt.images[:SUBSET]]
-        if name == "sam":
+        if name == "clip":
+            from pseudolabel.pretrain.clip import class_cosines, crop_accuracy
+
+            entry["metrics"] = {"class_cosine": class_cosines(load_state_dict(ASSETS / file)),
+                                "class_cosine_random_tower": class_cosines(),
+                                "target_crop_accuracy": crop_accuracy(state["model"])}
+        elif name == "sam":
             entry["sam_model"] = sam_model
             predictor = PromptedSam(build_sam(sam_model, checkpoint=ASSETS / file))
             entry["metrics"] = teacher_miou(predictor, gt, val_root / "images")
@@ -144,7 +169,7 @@ def run_export(args) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["sam", "gdino", "export"])
+    ap.add_argument("what", choices=["sam", "gdino", "clip", "export"])
     ap.add_argument("--work", type=Path, default=Path("runs/pretrain"))
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--seed", type=int, default=0)
@@ -158,7 +183,8 @@ def main() -> None:
     ap.add_argument("--stop-after", type=int, default=None,
                     help="stop this run after N steps (resume later with the same command)")
     args = ap.parse_args()
-    {"sam": run_sam, "gdino": run_gdino, "export": run_export}[args.what](args)
+    {"sam": run_sam, "gdino": run_gdino, "clip": run_clip,
+     "export": run_export}[args.what](args)
 
 
 if __name__ == "__main__":

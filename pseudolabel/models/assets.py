@@ -9,7 +9,8 @@ import json
 from pathlib import Path
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
-SHIPPED = {"sam": "sam_tiny.safetensors", "gdino": "gdino_tiny.safetensors"}
+SHIPPED = {"sam": "sam_tiny.safetensors", "gdino": "gdino_tiny.safetensors",
+           "text": "text_tiny.safetensors"}
 
 
 def shipped_path(kind: str) -> Path:

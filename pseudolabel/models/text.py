@@ -2,8 +2,9 @@
 
 ``build_clip_text(model_name, pretrained)`` takes an open_clip model name and a pretrained
 tag (e.g. ``ViT-B-32`` / ``laion2b_s34b_b79k``) or a local checkpoint path. The ``tiny``
-preset is a randomly initialised (seeded) small open_clip text tower with CLIP's tokenizer:
-the class-aware prompt encoder needs distinct class embeddings, not semantics.
+preset is a small open_clip text tower with CLIP's tokenizer; its shipped weights
+(``checkpoint="default"``) were trained contrastively on the synthetic source world's object
+crops, so its class embeddings differ and carry what the classes look like.
 """
 
 from __future__ import annotations
@@ -59,12 +60,17 @@ class TextEncoder:
 @TEXT_ENCODERS.register("tiny")
 def build_text_tiny(*, checkpoint: str | Path | None = None,
                     runtime: Runtime = CPU) -> TextEncoder:
-    """A 2-layer, 64-wide open_clip text tower (seeded random init unless ``checkpoint``)."""
+    """A 2-layer, 64-wide open_clip text tower: seeded random init with ``checkpoint=None``,
+    ``"default"`` the project's tiny CLIP text tower (trained contrastively on source-world
+    object crops, ``pretrain/clip.py``), or a weights file."""
     torch.manual_seed(0)
     tower = TextTransformer(context_length=16, vocab_size=49408, width=64, heads=2, layers=2,
                             output_dim=64)
     if checkpoint is not None:
-        load_weights(tower, load_state_dict(checkpoint), str(checkpoint))
+        from pseudolabel.models import assets
+
+        path = assets.resolve(checkpoint, "text")
+        load_weights(tower, load_state_dict(path), str(path))
     tower.eval()
     tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=16)
     return TextEncoder(tower, tokenizer, 64, tower, "tiny", runtime)

@@ -53,6 +53,13 @@ def write_split(run_dir: Path, gt_path: Path, image_ids: list[int], fraction: fl
     return split
 
 
+def _text_identity(text_encoder: str, checkpoint: str | None) -> str:
+    """What a class-aware teacher's text embeddings came from (weights' sha256 if a file)."""
+    if checkpoint and text_encoder in ("tiny",):
+        return f"{text_encoder}:{file_sha256(assets.resolve(checkpoint, 'text'))[:16]}"
+    return f"{text_encoder}:{checkpoint}"
+
+
 def encoder_key(sam_model: str, checkpoint: Path | None) -> str:
     return f"{sam_model}-{file_sha256(checkpoint)[:16] if checkpoint else 'random'}"
 
@@ -75,7 +82,8 @@ def finetune_teachers(*, gt_path: str | Path, image_root: str | Path, run_dir: s
                       fraction: float, seed: int = 0, teachers: tuple[str, ...] = tuple(TEACHERS),
                       class_aware: bool = True, sam_model: str = "tiny",
                       sam_checkpoint: str | None = "default", text_encoder: str = "tiny",
-                      text_checkpoint: str | None = None, cfg: FinetuneConfig = FinetuneConfig(),
+                      text_checkpoint: str | None = "default",
+                      cfg: FinetuneConfig = FinetuneConfig(),
                       stop_after: int | None = None, progress: bool = True,
                       runtime: Runtime = CPU) -> dict:
     """Train ``teachers`` on the fully labelled images of ``gt_path``; returns what was written.
@@ -137,7 +145,8 @@ def finetune_teachers(*, gt_path: str | Path, image_root: str | Path, run_dir: s
         out = run_dir / "teacher" / kind.name
         _check_resume(out, {"config": cfg.__dict__, "sam_model": sam_model,
                             "sam_sha256": file_sha256(ckpt) if ckpt else None,
-                            "text_encoder": text_encoder if kind.class_aware else None,
+                            "text_encoder": _text_identity(text_encoder, text_checkpoint)
+                            if kind.class_aware else None,
                             "split_hash": split["hash"]}, main)
         history = train(module, opt,
                         lambda s, t=teacher, k=kind, o=opt, p=params, sc=scaler, m=model:
