@@ -4,8 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from pseudolabel.boxseg import adaptive_k, box_quality_ranking, fuse_candidates
-from pseudolabel.boxseg import quality_weighted_dice
+from pseudolabel.boxseg import (
+    adaptive_k,
+    box_quality_ranking,
+    fuse_candidates,
+    quality_weighted_dice,
+)
 from pseudolabel.boxseg.losses import (
     color_similarity,
     pairwise_loss,
