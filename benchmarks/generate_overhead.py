@@ -4,9 +4,9 @@ On the synthetic default at 10% fully labelled, for one setting (default ``box+c
 several (``--weak all`` or a comma list, generated in one call), this times in one run:
 (a) the whole generate stage from scratch (image loading, encoding, Grounding DINO, decoding
 of every setting, RLE, parts, merge) and (b) one image-encoder pass per weakly labelled
-image, batched as generate batches it. With several settings, (a) / (b) says what the extra
-settings cost once each image is encoded (separate runs would encode every image once per
-setting: ratio >= the number of settings).
+image, batched as generate batches it (timed before and after (a), averaged). With several
+settings, (a) / (b) says what the extra settings cost once each image is encoded (separate
+runs would encode every image once per setting: ratio >= the number of settings).
 
 ``--sam vit_b`` builds SAM ViT-B with random weights (cost only; images are resized to its
 1024-px input like real ones), to show the ratio where the encoder is as heavy as in practice.
@@ -84,20 +84,24 @@ def main() -> None:
     ids = sorted(i["id"] for i in first.images if i["kind"] != "fully_labeled")
     images = [load_image(resolve_image_path(data.images, first.image_by_id[i]["file_name"]))
               for i in ids]
-    with torch.no_grad():
-        t = time.perf_counter()
-        for s in range(0, len(images), opts.part_size):
-            part = images[s: s + opts.part_size]
-            for e in range(0, len(part), opts.encode_batch):
-                sam.encode(part[e: e + opts.encode_batch])
-        encoder = time.perf_counter() - t
+    def encoder_pass() -> float:
+        with torch.no_grad():
+            t = time.perf_counter()
+            for s in range(0, len(images), opts.part_size):
+                part = images[s: s + opts.part_size]
+                for e in range(0, len(part), opts.encode_batch):
+                    sam.encode(part[e: e + opts.encode_batch])
+            return time.perf_counter() - t
 
+    before = encoder_pass()
     # (a) the whole stage, every setting in one call
     t = time.perf_counter()
     jobs = jobs_for(",".join(settings), work / "run", None, opts, teachers, "bench", None)
     summaries = generate_many(jobs, data.images, teachers, detector, detector_sha="bench",
                               progress=False)
     wall = time.perf_counter() - t
+    after = encoder_pass()  # (b) before and after (a): a drift in machine load shows
+    encoder = (before + after) / 2
     shutil.rmtree(work)
 
     masks = sum(s["pseudo_masks"] for s in summaries)
@@ -105,7 +109,8 @@ def main() -> None:
     print(f"generate {', '.join(settings)} in one call, {args.sam} SAM, {len(images)} images, "
           f"{masks} pseudo-masks; peak RSS "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GB")
-    print(f"  one encoder pass per image {encoder:8.2f} s  ({len(images) / encoder:.2f} img/s)")
+    print(f"  one encoder pass per image {encoder:8.2f} s  ({len(images) / encoder:.2f} img/s; "
+          f"{before:.2f} s before the stage, {after:.2f} s after)")
     print(f"  generate                   {wall:8.2f} s  ({len(images) / wall:.2f} img/s)")
     if len(settings) == len(SETTINGS) or len(settings) > 1:
         print(f"all-settings wall / one encoder pass per image ratio: {wall / encoder:.2f}")

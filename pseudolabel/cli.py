@@ -729,6 +729,22 @@ def train_student(
     workers: Annotated[int, typer.Option(
         help="DataLoader processes preparing batches (decode, LSJ) ahead of the model; 0 "
         "prepares them in the training process.")] = 2,
+    boxseg: Annotated[bool, typer.Option(
+        "--boxseg", help="BoxSeg (seed 000): train CondInst from boxes with an EMA teacher, "
+        "quality-aware fused pseudo-masks and peer-assisted copy-paste (a box+class weak file, "
+        "or a pseudo-label file whose fully labelled images keep their masks).")] = False,
+    qam: Annotated[str, typer.Option(
+        help="--boxseg: Quality-Aware Module: off (BoxInst losses only), bpma, bqr, bqr+qmf "
+        "or full (seed 000 Table 4).")] = "full",
+    copy_paste: Annotated[str, typer.Option(
+        help="--boxseg: peer-assisted copy-paste: off, random or quality (Table 5).")
+                          ] = "quality",
+    fixed_k: Annotated[int | None, typer.Option(
+        help="--boxseg: a fixed number of fused candidates instead of eq. 4's adaptive K.")
+                       ] = None,
+    export_pseudo: Annotated[Path | None, typer.Option(
+        help="--boxseg: write the teacher's fused masks of the training boxes as a COCO "
+        "pseudo-label file (score = the mask-quality score w).")] = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
     config: ConfigOpt = None,
@@ -750,6 +766,9 @@ def train_student(
         _fail(f"unknown student {student!r}; available: mask2former, condinst")
     if full == (weak is not None):
         _fail("give exactly one of --weak W or --full")
+    if boxseg and (full or student != "condinst"):
+        _fail("--boxseg trains a CondInst student from boxes: give --student condinst and "
+              "--weak box+class (or --pseudo FILE)")
     try:
         cfg = _config(config)
         rt = _runtime(device, precision, cfg)
@@ -764,20 +783,27 @@ def train_student(
         if backbone_checkpoint is not None:
             scfg = replace(scfg, backbone_checkpoint=backbone_checkpoint)
         if not full:  # checked before the data is made: a typo costs nothing
-            train_file = pseudo if pseudo is not None else run_dir / "pseudo" / f"{weak}.json"
+            default = run_dir / ("weak" if boxseg else "pseudo") / f"{weak}.json"
+            train_file = pseudo if pseudo is not None else default
             name = weak.replace("+", "_")
             if not Path(train_file).is_file():
-                raise ValueError(f"{train_file}: pseudo-labels not found; run pseudolabel "
-                                 f"generate --weak {weak} first")
+                raise ValueError(f"{train_file}: {'weak labels' if boxseg else 'pseudo-labels'}"
+                                 f" not found; run pseudolabel "
+                                 f"{'weaken' if boxseg else 'generate'} --weak {weak} first")
         data = ensure_data(cfg) if rt.is_main else cfg.data
         rt.barrier()  # rank 0 may be writing the synthetic data
         if full:
             train_file, name = data.train, "full"
         out_dir = run_dir / "student" / (f"{name}-{student}"
-                                         + ("-quality" if quality_weighted else ""))
-        summary = run_train(train_file, data.images, out_dir, scfg,
-                            quality_weighted=quality_weighted, runtime=rt,
-                            progress=rt.is_main, workers=workers)
+                                         + ("-quality" if quality_weighted else "")
+                                         + (f"-boxseg-{qam}-{copy_paste}" if boxseg else ""))
+        if boxseg:
+            summary = _train_boxseg(train_file, data.images, out_dir, scfg, qam, copy_paste,
+                                    fixed_k, export_pseudo, rt)
+        else:
+            summary = run_train(train_file, data.images, out_dir, scfg,
+                                quality_weighted=quality_weighted, runtime=rt,
+                                progress=rt.is_main, workers=workers)
         if rt.is_main:
             typer.echo(f"trained {summary['steps']} steps in {summary['seconds']:.0f} s "
                        f"(final loss {summary['final_loss']:.3f}); checkpoint in {out_dir}")
@@ -794,6 +820,21 @@ def train_student(
             typer.echo(f"wrote {out_dir / 'metrics.json'}")
     except ValueError as exc:
         _fail(str(exc))
+
+
+def _train_boxseg(train_file, images, out_dir, scfg, qam, copy_paste, fixed_k, export, rt):
+    from pseudolabel.boxseg.trainer import BoxSegConfig, export_pseudo_masks, train_boxseg
+
+    if rt.distributed:
+        raise ValueError("--boxseg trains in one process (its EMA teacher and memory bank are "
+                         "per process); run it without torchrun")
+    bcfg = BoxSegConfig(qam=qam, copy_paste=copy_paste, adaptive_k=fixed_k is None,
+                        **({"k": fixed_k} if fixed_k else {}))
+    summary = train_boxseg(train_file, images, out_dir, scfg, bcfg, runtime=rt)
+    if export is not None:
+        made = export_pseudo_masks(summary["run"], train_file, export)
+        typer.echo(f"{made['pseudo_masks']} fused pseudo-masks (score = w) in {made['out']}")
+    return summary
 
 
 @app.command()

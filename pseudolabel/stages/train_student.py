@@ -238,6 +238,13 @@ def load_student(out_dir: str | Path, num_labels: int, runtime: Runtime = CPU
     settings = json.loads((out_dir / "settings.json").read_text())
     cfg = StudentConfig(**settings["config"])
     model = build_student(cfg, num_labels, pretrained=False).to(runtime.device)
+    if "boxseg" in settings:  # the checkpoint holds student and EMA teacher: the student
+        from pseudolabel.models.checkpoints import safe_torch_load
+
+        state = safe_torch_load(out_dir / "state.pt")["model"]
+        model.load_state_dict({k.removeprefix("student."): v for k, v in state.items()
+                               if k.startswith("student.")})
+        return model.eval()
     load_state(out_dir / "state.pt", model, _optimizer(model, cfg))
     return model.eval()
 

@@ -47,6 +47,15 @@ def _tower(channels: int, depth: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def _paired_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of ``a[i]`` with ``b[i]`` (``(N, 4)`` xyxy each)."""
+    lt = torch.maximum(a[:, :2], b[:, :2])
+    rb = torch.minimum(a[:, 2:], b[:, 2:])
+    inter = (rb - lt).clamp_min(0).prod(1)
+    area = (a[:, 2:] - a[:, :2]).clamp_min(0).prod(1) + (b[:, 2:] - b[:, :2]).clamp_min(0).prod(1)
+    return inter / (area - inter).clamp_min(1e-6)
+
+
 def _rank_mean(*values: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Each value summed over the ``torch.distributed`` ranks and divided by their number
     (the values unchanged in one process)."""
@@ -175,8 +184,16 @@ class CondInst(nn.Module):
     def losses(self, images: torch.Tensor, targets: list[dict]) -> dict[str, torch.Tensor]:
         return self.losses_from_heads(self(images), targets)
 
-    def losses_from_heads(self, heads, targets: list[dict]) -> dict[str, torch.Tensor]:
-        """Focal, GIoU, centerness and dice losses of ``forward``'s outputs, in fp32."""
+    def losses_from_heads(self, heads, targets: list[dict], *, iou_scores: bool = False,
+                          mask_loss=None) -> dict[str, torch.Tensor]:
+        """Focal, GIoU, centerness and dice losses of ``forward``'s outputs, in fp32.
+
+        ``iou_scores``: the class target of a positive is the IoU of its predicted box with
+        its GT box (VarifocalNet), so the score ranks boxes by localisation (BoxSeg's ``s``).
+        ``mask_loss(model, rows, par, xy, mask_feats, targets, zero) -> dict`` replaces the
+        dice loss on GT masks (BoxSeg's box-supervised and quality-weighted losses);
+        ``rows`` are the positives' ``(image, location, target index)``.
+        """
         cls, box, ctr, par, xy, levels, mask_feats = (t.float() if t.is_floating_point() else t
                                                       for t in heads)
         cls_t = torch.zeros_like(cls)
@@ -188,7 +205,6 @@ class CondInst(nn.Module):
             if len(pos) == 0:
                 continue
             gt = idx[pos]
-            cls_t[b, pos, t["labels"][gt]] = 1.0
             g = t["boxes"][gt]
             p_xy = xy[pos]
             target_ltrb = torch.cat([p_xy - g[:, :2], g[:, 2:] - p_xy], 1)
@@ -197,6 +213,8 @@ class CondInst(nn.Module):
                                     * (tb.min(1).values / tb.max(1).values))
             pred = box[b, pos]
             pred_xyxy = torch.cat([p_xy - pred[:, :2], p_xy + pred[:, 2:]], 1)
+            cls_t[b, pos, t["labels"][gt]] = _paired_iou(pred_xyxy.detach(), g) \
+                .clamp_min(1e-6) if iou_scores else 1.0
             box_l.append(generalized_box_iou_loss(pred_xyxy, g, reduction="none") * centerness)
             ctr_sum.append(centerness)
             ctr_l.append(F.binary_cross_entropy_with_logits(ctr[b, pos], centerness,
@@ -208,14 +226,22 @@ class CondInst(nn.Module):
         ctr_total = torch.cat(ctr_sum).sum().detach() if total_pos else cls.new_zeros(())
         num_pos, ctr_norm = _rank_mean(cls.new_tensor(float(total_pos)), ctr_total)
         num_pos = num_pos.clamp_min(1.0)
-        out = {"loss_cls": sigmoid_focal_loss(cls, cls_t, reduction="sum") / num_pos}
+        if iou_scores:
+            from pseudolabel.boxseg.losses import varifocal_loss
+
+            out = {"loss_cls": varifocal_loss(cls, cls_t) / num_pos}
+        else:
+            out = {"loss_cls": sigmoid_focal_loss(cls, cls_t, reduction="sum") / num_pos}
         zero = cls.new_zeros(())
         if total_pos:
             out["loss_box"] = torch.cat(box_l).sum() / ctr_norm.clamp_min(1e-6)
             out["loss_ctr"] = torch.cat(ctr_l).sum() / num_pos
         else:
             out["loss_box"] = out["loss_ctr"] = zero
-        out["loss_mask"] = self._mask_loss(mask_rows, par, xy, mask_feats, targets, zero)
+        if mask_loss is None:
+            out["loss_mask"] = self._mask_loss(mask_rows, par, xy, mask_feats, targets, zero)
+        else:
+            out.update(mask_loss(self, mask_rows, par, xy, mask_feats, targets, zero))
         out["loss"] = sum(out.values())
         return out
 
@@ -245,6 +271,26 @@ class CondInst(nn.Module):
         losses, weights = torch.cat(losses), torch.cat(weights)
         (count,) = _rank_mean(losses.new_tensor(float(len(losses))))
         return (weights * losses).sum() / count.clamp_min(1.0)
+
+    @torch.no_grad()
+    def candidates(self, images: torch.Tensor, k: int = 100) -> list[dict]:
+        """Per image, the ``k`` locations with the highest class score before NMS (BoxSeg's
+        teacher candidates): ``boxes`` (xyxy), ``scores`` ``(k, C)`` (sigmoid of the class
+        logits: with ``iou_scores`` training, an IoU-aware box score) and ``mask_logits``
+        ``(k, S/4, S/4)``."""
+        cls, box, ctr, par, xy, levels, mask_feats = (
+            t.float() if t.is_floating_point() else t for t in self(images))
+        out = []
+        for b in range(len(images)):
+            scores = cls[b].sigmoid()
+            top = scores.max(1).values.topk(min(k, len(scores))).indices
+            ltrb = box[b, top]
+            boxes = torch.cat([xy[top] - ltrb[:, :2], xy[top] + ltrb[:, 2:]], 1)
+            masks = self.dynamic_masks(par[b, top], xy[top], mask_feats[b])
+            masks = F.interpolate(masks[None], scale_factor=2, mode="bilinear",
+                                  align_corners=False)[0]  # stride 4
+            out.append({"boxes": boxes, "scores": scores[top], "mask_logits": masks})
+        return out
 
     # -- inference -----------------------------------------------------------------------
     @torch.no_grad()

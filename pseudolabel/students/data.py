@@ -69,26 +69,35 @@ class AnnotationIndex:
     RLE are stored as compressed RLE.
     """
 
-    def __init__(self, coco: CocoDataset, weight_key: str | None = None) -> None:
+    def __init__(self, coco: CocoDataset, weight_key: str | None = None,
+                 box_only: bool = False) -> None:
+        """``box_only``: also keep annotations without a mask (box-supervised training;
+        their mask rows are empty and ``has_mask`` says which rows are masks)."""
         self.category_ids = list(coco.category_ids)
         class_index = {c: k for k, c in enumerate(self.category_ids)}
         images = coco.images
         self.ids = np.array([img["id"] for img in images], dtype=np.int64)
         self.sizes = np.array([(img["height"], img["width"]) for img in images], dtype=np.int32)
         self.file_names = _Strings([img["file_name"].encode() for img in images])
-        starts, labels, weights, rles = [0], [], [], []
+        starts, labels, weights, rles, boxes, ids = [0], [], [], [], [], []
         for img in images:
             for a in coco.anns_by_image[img["id"]]:
-                if a.get("iscrowd", 0) or "segmentation" not in a:
+                has_mask = "segmentation" in a
+                if a.get("iscrowd", 0) or not (has_mask or (box_only and "bbox" in a)):
                     continue
                 labels.append(class_index[a["category_id"]])
                 weights.append(float(a.get(weight_key, 1.0)) if weight_key else 1.0)
-                rles.append(coco.rle(a)["counts"].encode("ascii"))
+                rles.append(coco.rle(a)["counts"].encode("ascii") if has_mask else b"")
+                boxes.append(a["bbox"] if "bbox" in a else [0.0, 0.0, 0.0, 0.0])
+                ids.append(a["id"])
             starts.append(len(labels))
         self.starts = np.asarray(starts, dtype=np.int64)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.weights = np.asarray(weights, dtype=np.float32)
         self.rles = _Strings(rles)
+        self.has_mask = np.asarray([len(r) > 0 for r in rles], dtype=bool)
+        self.boxes_xywh = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        self.ann_ids = np.asarray(ids, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -100,10 +109,12 @@ class AnnotationIndex:
         """Masks ``(N, H, W)`` bool, class indices ``(N,)`` and weights ``(N,)`` of image i."""
         a, b = self.starts[i], self.starts[i + 1]
         h, w = (int(v) for v in self.sizes[i])
-        if a == b:
-            return np.zeros((0, h, w), bool), self.labels[a:b], self.weights[a:b]
-        rles = [{"size": [h, w], "counts": self.rles[k]} for k in range(a, b)]
-        masks = mask_utils.decode(rles).astype(bool).transpose(2, 0, 1)
+        masks = np.zeros((b - a, h, w), bool)
+        with_mask = [k for k in range(a, b) if self.has_mask[k]]
+        if with_mask:
+            rles = [{"size": [h, w], "counts": self.rles[k]} for k in with_mask]
+            masks[np.asarray(with_mask) - a] = mask_utils.decode(rles).astype(bool) \
+                .transpose(2, 0, 1)
         return masks, self.labels[a:b], self.weights[a:b]
 
 
