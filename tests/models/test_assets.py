@@ -24,9 +24,9 @@ def target_val(tmp_path_factory):
     return load_coco(root / "annotations" / "val.json"), root / "images"
 
 
-@pytest.mark.parametrize("kind", ["sam", "gdino"])
+@pytest.mark.parametrize("kind", ["sam", "gdino", "text"])
 def test_manifest_matches_files(kind):
-    entry = MANIFEST[kind]
+    entry = MANIFEST["clip" if kind == "text" else kind]
     path = assets.shipped_path(kind)
     assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"]
     assert entry["steps"] == entry["config"]["steps"] and entry["train_seconds"] > 0
@@ -64,3 +64,16 @@ def test_resolve_errors(tmp_path):
     with pytest.raises(ValueError, match="no shipped weights"):
         assets.shipped_path("clip")
     assert assets.resolve(None, "sam") is None
+
+
+def test_shipped_text_tower_separates_the_classes():
+    """The tiny CLIP text tower's class embeddings differ (the random tower's were nearly
+    parallel) and load through the public builder."""
+    from pseudolabel.pretrain.clip import class_cosines
+
+    state = assets.resolve("default", "text")
+    from pseudolabel.models.checkpoints import load_state_dict
+
+    got = class_cosines(load_state_dict(state))
+    assert got == pytest.approx(MANIFEST["clip"]["metrics"]["class_cosine"], abs=1e-3)
+    assert got < 0.5 < class_cosines()
