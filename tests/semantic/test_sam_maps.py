@@ -70,9 +70,9 @@ def test_a_label_map_round_trips_through_split_and_repaint():
     keep = fine == IGNORE
     comps = weak_components(fine)
     assert [c for c, _ in comps] == [1, 1, 2]
-    weak = simulate(fine, "scribble", np.random.default_rng(0))
-    got = sam_pseudo_map(ComponentSam(weak_components(fine)), np.zeros((24, 32, 3), np.uint8),
-                         np.where(keep, IGNORE, fine).astype(np.uint8),
+    weak = simulate(fine, "scribble", np.random.default_rng(0))  # one scribble per region
+    assert [c for c, _ in weak_components(weak)] == [1, 1, 2]
+    got = sam_pseudo_map(ComponentSam(comps), np.zeros((24, 32, 3), np.uint8), weak,
                          np.random.default_rng(0), keep_ignore=keep)
     np.testing.assert_array_equal(got, fine)
     assert (got[keep] == IGNORE).all()  # ignore stays ignore
