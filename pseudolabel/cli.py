@@ -863,6 +863,83 @@ def report(
     typer.echo(f"wrote {summary['out']}/report.md")
 
 
+@app.command("semantic-weaken")
+def semantic_weaken(
+    kind: Annotated[str, typer.Option(help="point, scribble or coarse (seed 004), or fine.")],
+    gt: Annotated[Path | None, typer.Option(help="COCO instances file (default: the "
+                                            "config's training annotations).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder of PNG label maps (default: "
+                                             "<run_dir>/semantic/<kind>).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the simulated labels.")] = 0,
+    config: ConfigOpt = None,
+) -> None:
+    """Semantic label maps of a COCO file (0 background, k the k-th category, 255 ignore):
+    simulated point, scribble or coarse labels (SeSAM, seed 004), or the fine maps."""
+    from pseudolabel.config import ensure_data
+    from pseudolabel.stages.semantic import weaken_semantic
+
+    if kind not in ("point", "scribble", "coarse", "fine"):
+        _fail(f"--kind {kind!r}: expected point, scribble, coarse or fine")
+    try:
+        cfg = _config(config)
+        gt = gt if gt is not None else ensure_data(cfg).train
+        out = out if out is not None else cfg.run_dir / "semantic" / kind
+        summary = weaken_semantic(gt, out, kind, seed=seed, fine=kind == "fine")
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(f"{summary['maps']} label maps ({summary['written']} new); classes: "
+               + ", ".join(f"{k}={n}" for k, n in enumerate(summary["classes"])))
+    _echo_skipped(summary)
+    typer.echo(f"wrote {summary['out']}")
+
+
+@app.command("semantic-maps")
+def semantic_maps(
+    weak: Annotated[Path, typer.Option(help="Folder of weak PNG label maps.")],
+    gt: Annotated[Path | None, typer.Option(help="COCO file of the images (default: the "
+                                            "config's training annotations).")] = None,
+    images: Annotated[Path | None, typer.Option(help="Image root (default: the config's).")
+                      ] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: "
+                                             "<run_dir>/semantic/sam-<weak folder>).")] = None,
+    prompt: Annotated[str, typer.Option(help="points (skeleton points, seed 004), box or "
+                                        "mask.")] = "points",
+    per: Annotated[str, typer.Option(help="component (each connected component) or class."
+                                     )] = "component",
+    sampling: Annotated[str, typer.Option(help="skeleton or random point sampling.")
+                        ] = "skeleton",
+    sam_model: SamModelOpt = "tiny",
+    sam_checkpoint: SamCkptOpt = "default",
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """SAM pseudo-label maps from weak semantic labels (SeSAM, seed 004): per class and
+    connected component, skeleton points prompt SAM; the output agreeing best with the weak
+    label is painted. Resumable."""
+    from pseudolabel.config import ensure_data
+    from pseudolabel.stages.refine import load_refiner
+    from pseudolabel.stages.semantic import sam_maps, score_maps
+
+    try:
+        cfg = _config(config)
+        data = ensure_data(cfg) if gt is None or images is None else None
+        gt = gt if gt is not None else data.train
+        images = images if images is not None else data.images
+        out = out if out is not None else cfg.run_dir / "semantic" / f"sam-{weak.name}"
+        sam = load_refiner(sam_model, sam_checkpoint, runtime=_runtime(device, precision, cfg))
+        summary = sam_maps(gt, weak, images, out, sam, prompt=prompt, per=per,
+                           sampling=sampling)
+        scores = score_maps(gt, out)
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(f"{summary['written']} maps written; against the fine maps: mIoU "
+               f"{scores['mIoU']:.3f}, precision {scores['precision']:.3f}, recall "
+               f"{scores['recall']:.3f}, F1 {scores['F1']:.3f}")
+    _echo_skipped(summary)
+    typer.echo(f"wrote {summary['out']}")
+
+
 @app.command("check-config")
 def check_config(config: ConfigOpt = None) -> None:
     """List every file a config names that is missing (data, checkpoints)."""

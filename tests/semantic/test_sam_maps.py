@@ -102,3 +102,16 @@ def test_simulated_weak_labels_are_sparse_correct_and_seeded(kind):
     assert labelled.sum() < (fine != IGNORE).sum()  # sparser than the fine map
     assert {int(c) for c in np.unique(a[labelled])} == {0, 1, 3}  # every region labelled
     assert len(regions(fine)) == 3
+
+
+def test_semantic_scores_by_hand():
+    from pseudolabel.semantic.evaluate import SemanticScore
+
+    fine = np.array([[0, 0, 1, 1], [0, 0, 1, IGNORE]], np.uint8)
+    pred = np.array([[0, 1, 1, IGNORE], [0, 0, 1, 1]], np.uint8)
+    s = SemanticScore(2)
+    s.add(pred, fine)
+    r = s.result()
+    # class 0: tp 3, fn 1 (predicted 1); class 1: tp 2, fp 1, one fine pixel unlabelled
+    assert r["per_class_IoU"] == pytest.approx([3 / 4, 2 / 3])
+    assert r["precision"] == pytest.approx(5 / 6) and r["recall"] == pytest.approx(5 / 7)
