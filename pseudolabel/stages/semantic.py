@@ -6,6 +6,7 @@ Folders of PNG label maps, one per image, named like the image with ``.png`` (th
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -91,3 +92,61 @@ def score_maps(gt_path: str | Path, maps_dir: str | Path) -> dict:
             continue
         score.add(read_label_map(path), label_map(gt, img["id"]))
     return {**score.result(), "maps": len(gt.images) - missing, "missing": missing}
+
+
+def evaluate_semantic(model, val_path: str | Path, image_root: str | Path, size: int,
+                      runtime=None) -> dict:
+    """mIoU (and precision / recall / F1) of a semantic student on the fine maps of val."""
+    from pseudolabel.runtime import CPU
+    from pseudolabel.semantic.student import predict_map
+
+    gt = load_coco(val_path)
+    score = SemanticScore(len(gt.categories) + 1)
+    for img in gt.images:
+        pixels, reason = read_full_image(image_root, img)
+        if reason:
+            continue
+        pred, _ = predict_map(model, pixels, size, runtime or CPU)
+        score.add(pred, label_map(gt, img["id"]))
+    return score.result()
+
+
+def train_rounds(gt_path, val_path, weak_dir, image_root, run_dir, sam, cfg, *,
+                 rounds: int = 1, confidence: float = 0.9, progress: bool = True,
+                 runtime=None) -> list[dict]:
+    """SeSAM's loop: SAM pseudo-maps from the weak labels, a student on them; in each later
+    round the student's confident pixels (``confidence``) join the weak label where it has
+    none, SAM is prompted again, and a new student trains (seed 004 §3, coarse labels).
+    Each round writes ``round<k>/maps`` and ``round<k>/student``; everything resumes."""
+    from pseudolabel.runtime import CPU
+    from pseudolabel.semantic.student import predict_map, train_semantic
+
+    runtime = runtime or CPU
+    run_dir, weak_dir = Path(run_dir), Path(weak_dir)
+    gt = load_coco(gt_path)
+    results, model = [], None
+    for r in range(rounds):
+        here = run_dir / f"round{r}"
+        prompts = weak_dir
+        if r > 0:  # the weak label plus the previous student's confident pixels
+            prompts = here / "weak+student"
+            for img in gt.images:
+                name = map_name(img["file_name"])
+                if (prompts / name).is_file() or not (weak_dir / name).is_file():
+                    continue
+                pixels, reason = read_full_image(image_root, img)
+                if reason:
+                    continue
+                weak = read_label_map(weak_dir / name)
+                pred, conf = predict_map(model, pixels, cfg.size, runtime)
+                add = (weak == IGNORE) & (conf >= confidence)
+                write_label_map(prompts / name, np.where(add, pred, weak).astype(np.uint8))
+        maps = sam_maps(gt_path, prompts, image_root, here / "maps", sam, progress=progress)
+        trained = train_semantic(gt_path, here / "maps", image_root, here / "student", cfg,
+                                 progress=progress, runtime=runtime)
+        model = trained["model"]
+        results.append({"round": r, "pseudo_maps": score_maps(gt_path, here / "maps"),
+                        "student": evaluate_semantic(model, val_path, image_root, cfg.size,
+                                                     runtime), "maps_failed": maps["failed"]})
+        (here / "metrics.json").write_text(json.dumps(results[-1], indent=2) + "\n")
+    return results

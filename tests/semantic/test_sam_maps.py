@@ -115,3 +115,30 @@ def test_semantic_scores_by_hand():
     # class 0: tp 3, fn 1 (predicted 1); class 1: tp 2, fp 1, one fine pixel unlabelled
     assert r["per_class_IoU"] == pytest.approx([3 / 4, 2 / 3])
     assert r["precision"] == pytest.approx(5 / 6) and r["recall"] == pytest.approx(5 / 7)
+
+
+def test_semantic_commands_run_end_to_end(synth_dir, tmp_path):
+    import json
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from pseudolabel.cli import app
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "data": {"synthetic": {"root": str(synth_dir),
+                               "params": {"train": 30, "val": 10, "seed": 3, "size": 96}}},
+        "run_dir": str(tmp_path / "run")}))
+    runner = CliRunner()
+    r = runner.invoke(app, ["semantic-weaken", "--kind", "scribble", "--config", str(cfg)])
+    assert r.exit_code == 0, r.output
+    weak = tmp_path / "run" / "semantic" / "scribble"
+    assert len(list(weak.glob("*.png"))) == 30
+    r = runner.invoke(app, ["semantic-train", "--weak", str(weak), "--steps", "3",
+                            "--rounds", "2", "--config", str(cfg)])
+    assert r.exit_code == 0, r.output
+    assert "round 1: pseudo-maps mIoU" in r.output
+    m = json.loads((tmp_path / "run" / "semantic" / "sesam-scribble" / "round1" /
+                    "metrics.json").read_text())
+    assert 0 <= m["student"]["mIoU"] <= 1 and m["pseudo_maps"]["F1"] > 0
