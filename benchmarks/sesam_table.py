@@ -25,8 +25,12 @@ from _hardware import hardware  # noqa: E402
 
 from pseudolabel.config import ensure_data, load_config  # noqa: E402
 from pseudolabel.data.coco import load_coco  # noqa: E402
-from pseudolabel.semantic.labels import BACKGROUND, IGNORE, read_label_map  # noqa: E402
-from pseudolabel.semantic.labels import write_label_map  # noqa: E402
+from pseudolabel.semantic.labels import (  # noqa: E402
+    BACKGROUND,
+    IGNORE,
+    read_label_map,
+    write_label_map,  # noqa: E402
+)
 from pseudolabel.semantic.student import SemanticConfig, train_semantic  # noqa: E402
 from pseudolabel.stages.refine import load_refiner  # noqa: E402
 from pseudolabel.stages.semantic import (  # noqa: E402
