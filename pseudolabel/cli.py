@@ -164,8 +164,7 @@ def evaluate(
                                                 "(default: the config's).")] = None,
     prompts: Annotated[str, typer.Option(help="Prompt kinds for --teacher, comma-separated: "
                                          "box, point, box+point.")] = "box,point,box+point",
-    sam_model: Annotated[str, typer.Option(
-        help="SAM variant: tiny, vit_b, vit_l, vit_h.")] = "tiny",
+    sam_model: SamModelOpt = None,
     max_images: Annotated[int | None, typer.Option(help="Score only the first N images.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json",
                                                   help="Write the figures as JSON.")] = None,
@@ -191,7 +190,8 @@ def evaluate(
         gt = gt if gt is not None else (data.train if pseudo is not None else data.val)
         images = images if images is not None else (data.images if data else None)
         if teacher is not None:
-            _evaluate_teacher(teacher, sam_model, gt, images, prompts, max_images, json_out,
+            _evaluate_teacher(teacher, sam_model or cfg.models.sam, gt, images, prompts,
+                              max_images, json_out,
                               _runtime(device, precision, cfg))
         elif detector is not None:
             _evaluate_detector(detector, gt, images, max_images, json_out,
@@ -547,8 +547,7 @@ def noise(
         "boundary AP).")] = True,
     images: Annotated[Path | None, typer.Option(help="Image root for --wan (default: the "
                                                 "config's).")] = None,
-    sam_model: Annotated[str, typer.Option(help="SAM variant for --wan: tiny, vit_b, vit_l, "
-                                           "vit_h.")] = "tiny",
+    sam_model: SamModelOpt = None,
     sam_checkpoint: Annotated[str, typer.Option(
         help="SAM weights for --wan ('default': the shipped tiny SAM, or the official "
         "file of the variant).")] = "default",
@@ -574,7 +573,8 @@ def noise(
                 raise ValueError("--wan replaces --level/--spec; give one of them")
             out = out if out is not None else cfg.run_dir / "noise" / f"wan-{wan}.json"
             summary = wan_file(gt, images if images is not None else data.images, out, wan,
-                               sam_model=sam_model, checkpoint=sam_checkpoint, seed=seed,
+                               sam_model=sam_model or cfg.models.sam,
+                               checkpoint=sam_checkpoint, seed=seed,
                                evaluate=evaluate, runtime=_runtime(device, precision, cfg))
         else:
             name, noise_spec = resolve_spec(level, spec)
@@ -601,7 +601,8 @@ def noise(
     typer.echo(f"wrote {summary['out']}")
 
 
-SamModelOpt = Annotated[str, typer.Option(help="SAM variant: tiny, vit_b, vit_l, vit_h.")]
+SamModelOpt = Annotated[str | None, typer.Option(
+    help="SAM variant: tiny, tiny_hr, vit_b, vit_l, vit_h (default: the config's models.sam).")]
 SamCkptOpt = Annotated[str, typer.Option(
     help="SAM weights ('default': the shipped tiny SAM, or the official file of the "
     "variant).")]
@@ -631,7 +632,7 @@ def refine(
     ignore: Annotated[int, typer.Option(help="--semantic: ignore value (kept as is).")] = 255,
     min_area: Annotated[int, typer.Option(help="--semantic: drop regions smaller than this "
                                           "(px) before merging.")] = 10,
-    sam_model: SamModelOpt = "tiny",
+    sam_model: SamModelOpt = None,
     sam_checkpoint: SamCkptOpt = "default",
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
@@ -647,6 +648,7 @@ def refine(
     try:
         cfg = _config(config)
         images = images if images is not None else ensure_data(cfg).images
+        sam_model = sam_model or cfg.models.sam
         sam = load_refiner(sam_model, sam_checkpoint, adapter, _runtime(device, precision, cfg))
         if semantic is not None:
             out = out if out is not None else cfg.run_dir / "refined" / semantic.name
@@ -680,7 +682,7 @@ def refine_adapt(
     seed: Annotated[int, typer.Option(help="Seed of the prompt draws.")] = 0,
     max_images: Annotated[int | None, typer.Option(help="Use only the first N images.")
                           ] = None,
-    sam_model: SamModelOpt = "tiny",
+    sam_model: SamModelOpt = None,
     sam_checkpoint: SamCkptOpt = "default",
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
@@ -693,7 +695,8 @@ def refine_adapt(
     try:
         cfg = _config(config)
         images = images if images is not None else ensure_data(cfg).images
-        sam = load_refiner(sam_model, sam_checkpoint, runtime=_runtime(device, precision, cfg))
+        sam = load_refiner(sam_model or cfg.models.sam, sam_checkpoint,
+                           runtime=_runtime(device, precision, cfg))
         summary = adapt_iou(coarse, images, out, sam, seed=seed, max_images=max_images)
     except ValueError as exc:
         _fail(str(exc))
@@ -908,7 +911,7 @@ def semantic_maps(
                                      )] = "component",
     sampling: Annotated[str, typer.Option(help="skeleton or random point sampling.")
                         ] = "skeleton",
-    sam_model: SamModelOpt = "tiny",
+    sam_model: SamModelOpt = None,
     sam_checkpoint: SamCkptOpt = "default",
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
@@ -927,7 +930,8 @@ def semantic_maps(
         gt = gt if gt is not None else data.train
         images = images if images is not None else data.images
         out = out if out is not None else cfg.run_dir / "semantic" / f"sam-{weak.name}"
-        sam = load_refiner(sam_model, sam_checkpoint, runtime=_runtime(device, precision, cfg))
+        sam = load_refiner(sam_model or cfg.models.sam, sam_checkpoint,
+                           runtime=_runtime(device, precision, cfg))
         summary = sam_maps(gt, weak, images, out, sam, prompt=prompt, per=per,
                            sampling=sampling)
         scores = score_maps(gt, out)
@@ -953,7 +957,7 @@ def semantic_train(
     encoder_checkpoint: Annotated[str | None, typer.Option(
         help="Local ImageNet weights for the encoder (torchvision file or folder).")] = None,
     run_dir: RunDirOpt = None,
-    sam_model: SamModelOpt = "tiny",
+    sam_model: SamModelOpt = None,
     sam_checkpoint: SamCkptOpt = "default",
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
@@ -972,7 +976,8 @@ def semantic_train(
         rt = _runtime(device, precision, cfg)
         out = (run_dir or cfg.run_dir) / "semantic" / f"sesam-{weak.name}"
         results = train_rounds(data.train, data.val, weak, data.images, out,
-                               load_refiner(sam_model, sam_checkpoint, runtime=rt),
+                               load_refiner(sam_model or cfg.models.sam, sam_checkpoint,
+                                            runtime=rt),
                                SemanticConfig(preset=preset, steps=steps,
                                               encoder_checkpoint=encoder_checkpoint),
                                rounds=rounds, runtime=rt)

@@ -14,10 +14,11 @@ SHIPPED = {"sam": "sam_tiny.safetensors", "gdino": "gdino_tiny.safetensors",
 
 
 def shipped_path(kind: str) -> Path:
-    """Path of the shipped weights of ``kind`` (``sam`` or ``gdino``)."""
+    """Path of the shipped weights of ``kind`` (``sam``, ``gdino`` or ``text``)."""
     if kind not in SHIPPED:
         raise ValueError(f"no shipped weights for {kind!r}; known: {list(SHIPPED)}")
-    path = ASSETS / SHIPPED[kind]
+    entry = manifest().get("clip" if kind == "text" else kind, {})
+    path = ASSETS / entry.get("file", SHIPPED[kind])
     if not path.is_file():
         raise ValueError(f"{path}: shipped weights missing; re-create them with "
                          "scripts/pretrain_synthetic_foundation.py")
@@ -34,6 +35,24 @@ def resolve(checkpoint: str | Path | None, kind: str) -> Path | None:
     if not path.is_file():
         raise ValueError(f"{path}: checkpoint not found")
     return path
+
+
+def shipped_sam_model() -> str:
+    """The SAM preset the shipped weights are for (``tiny`` or ``tiny_hr``)."""
+    return manifest().get("sam", {}).get("sam_model", "tiny")
+
+
+def resolve_sam(sam_model: str, checkpoint: str | Path | None) -> Path | None:
+    """A SAM variant's weights: ``"default"`` is the shipped file for the shipped preset and
+    ``None`` (the official file, fetched) for an official variant; a path is that file."""
+    if checkpoint is not None and str(checkpoint) == "default":
+        if sam_model == shipped_sam_model():
+            return shipped_path("sam")
+        if sam_model.startswith("tiny"):
+            raise ValueError(f"no shipped weights for SAM preset {sam_model!r}: the shipped "
+                             f"SAM is {shipped_sam_model()!r} (models.sam / --sam-model)")
+        return None
+    return resolve(checkpoint, "sam")
 
 
 def manifest() -> dict:

@@ -91,7 +91,7 @@ def load_run_teachers(run_dir: Path, setting, category_ids: list[int], *,
     names = teachers_for(kinds, refine)
     label = setting if isinstance(setting, str) else "+".join(kinds)
     if zero_shot:
-        ckpt = assets.resolve(sam_checkpoint, "sam") if sam_checkpoint else None
+        ckpt = assets.resolve_sam(sam_model, sam_checkpoint)
         base = PromptedSam(load_base_sam(sam_model, sam_checkpoint), runtime=runtime) \
             if weights else None
         return Teachers({n: base for n in names}, {n: False for n in names}, {},

@@ -26,8 +26,7 @@ def evaluate_teacher(checkpoint: str, sam_model: str, gt_path: str | Path,
     unknown = [p for p in prompts if p not in PROMPT_KINDS]
     if unknown:
         raise ValueError(f"unknown prompt kinds {unknown}; expected some of {PROMPT_KINDS}")
-    ckpt = assets.resolve(checkpoint, "sam") if sam_model == "tiny" or checkpoint != "default" \
-        else None
+    ckpt = assets.resolve_sam(sam_model, checkpoint)
     predictor = PromptedSam(build_sam(sam_model, checkpoint=ckpt).eval(), runtime=runtime)
     gt = load_coco(gt_path)
     result = teacher_miou(predictor, gt, image_root, prompts=prompts, seed=seed,

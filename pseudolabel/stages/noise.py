@@ -247,8 +247,7 @@ def wan_file(gt_path: str | Path, image_root: str | Path, out: str | Path, level
         raise ValueError(f"unknown COCO-WAN level {level!r}; expected one of {WAN_LEVELS}")
     t0 = time.perf_counter()
     gt = load_coco(gt_path)
-    ckpt = assets.resolve(checkpoint, "sam") if sam_model == "tiny" or checkpoint != "default" \
-        else None
+    ckpt = assets.resolve_sam(sam_model, checkpoint)
     sam = PromptedSam(build_sam(sam_model, checkpoint=ckpt).eval(), runtime=runtime or CPU)
     n = _non_crowd(gt)
     spec = NoiseSpec(WAN_CLASS_NOISE if level == "hard" else 0.0)

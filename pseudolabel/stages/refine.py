@@ -39,8 +39,7 @@ def load_refiner(sam_model: str = "tiny", checkpoint: str | None = "default",
                  adapter: str | Path | None = None, runtime: Runtime = CPU) -> PromptedSam:
     """SAM for refinement (``default``: the shipped tiny SAM), with an IoU adapter if given,
     on ``runtime``'s device."""
-    ckpt = assets.resolve(checkpoint, "sam") if sam_model == "tiny" or checkpoint != "default" \
-        else None
+    ckpt = assets.resolve_sam(sam_model, checkpoint)
     sam = build_sam(sam_model, checkpoint=ckpt).eval()
     if adapter is not None:
         from pseudolabel.models.iou_adapter import attach_iou_adapter, load_iou_adapter

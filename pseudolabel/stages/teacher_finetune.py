@@ -103,7 +103,7 @@ def finetune_teachers(*, gt_path: str | Path, image_root: str | Path, run_dir: s
     split = json.loads((run_dir / "split.json").read_text())
     if not split["fully_labeled"]:
         raise ValueError(f"fraction {fraction} leaves no fully labelled image to train on")
-    ckpt = assets.resolve(sam_checkpoint, "sam") if sam_checkpoint else None
+    ckpt = assets.resolve_sam(sam_model, sam_checkpoint)
     base = load_base_sam(sam_model, sam_checkpoint).to(runtime.device)
     pe = base.prompt_encoder
     cache = EmbeddingCache(run_dir / "cache", encoder_key(sam_model, ckpt), 0,

@@ -59,7 +59,7 @@ def teacher_kind(name: str) -> TeacherKind:
 
 def load_base_sam(sam_model: str, sam_checkpoint: str | None) -> Sam:
     """The base SAM of a run (``"default"``: the shipped weights; ``None``: random)."""
-    ckpt = assets.resolve(sam_checkpoint, "sam") if sam_checkpoint else None
+    ckpt = assets.resolve_sam(sam_model, sam_checkpoint)
     return build_sam(sam_model, checkpoint=ckpt, pretrained=ckpt is not None).eval()
 
 
