@@ -5,10 +5,14 @@ Pseudo-map quality against the fine maps of the training images (mIoU, F1; seed 
 * by weak label: point / scribble / coarse (points, skeleton sampling, per component);
 * by prompt (scribbles): points vs the component's box vs the component as a mask (Fig. 8);
 * per component vs per class (Fig. 2 left), skeleton vs random point sampling (Fig. 2 middle);
+* points per component N = 1, 3, 5, 9 (Fig. 6) and the selection weights (tau1, tau2)
+  (Fig. 7), as precision and recall of the scribble pseudo-maps;
 * the weak label alone, unlabelled pixels as background (what SAM adds).
 
 Then DeepLabV3+ students (tiny preset, ``--steps``): on the scribble pseudo-maps and on the
-fully labelled maps; val mIoU. Every stage resumes from ``--run-dir``.
+fully labelled maps; val mIoU. Last, the labelling budget of each weak kind as a share of
+fine maps, from the timings of ``pseudolabel semantic-cost``. Every stage resumes from
+``--run-dir``.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from pseudolabel.semantic.labels import (  # noqa: E402
     write_label_map,  # noqa: E402
 )
 from pseudolabel.semantic.student import SemanticConfig, train_semantic  # noqa: E402
+from pseudolabel.stages.cost import semantic_labelling_cost  # noqa: E402
 from pseudolabel.stages.refine import load_refiner  # noqa: E402
 from pseudolabel.stages.semantic import (  # noqa: E402
     evaluate_semantic,
@@ -85,6 +90,10 @@ def main() -> None:
     maps("scribble, mask prompt", prompt="mask")
     maps("scribble, points, per class", per="class")
     maps("scribble, random points", sampling="random")
+    for n in (1, 3, 9):  # N = 5 is the per-component row above
+        maps(f"scribble, N = {n}", n_points=n)
+    for taus in ((0.1, 0.9), (0.5, 0.5), (0.7, 0.3)):  # (0.3, 0.7) is the default row
+        maps(f"scribble, taus = {taus[0]:g},{taus[1]:g}", taus=taus)
 
     students = {}
     scfg = SemanticConfig(steps=args.steps)
@@ -99,18 +108,27 @@ def main() -> None:
     print(f"hardware: {hardware()}")
     print("pseudo-maps of the synthetic training images (400) against the fine maps, shipped "
           f"SAM ({cfg.models.sam})")
-    print(f"{'weak label / prompting':<34}{'mIoU':>8}{'F1':>8}")
+    print(f"{'weak label / prompting':<34}{'mIoU':>8}{'prec':>8}{'recall':>8}{'F1':>8}")
     for label, r in rows.items():
-        print(f"{label:<34}{r['mIoU']:8.3f}{r['F1']:8.3f}")
+        print(f"{label:<34}{r['mIoU']:8.3f}{r['precision']:8.3f}{r['recall']:8.3f}"
+              f"{r['F1']:8.3f}")
     print(f"DeepLabV3+ (tiny), {args.steps} steps, val mIoU:")
     for label, r in students.items():
         print(f"  {label:<32}{r['mIoU']:8.3f}")
     ratio = students["scribble pseudo-maps"]["mIoU"] / max(
         students["fully labelled maps"]["mIoU"], 1e-9)
     print(f"scribble / fully labelled student mIoU ratio: {ratio:.2f}")
+    costs = {kind: semantic_labelling_cost(dataset, kind)
+             for dataset, kind in (("pascal", "point"), ("pascal", "scribble"),
+                                   ("cityscapes", "coarse"))}
+    print("labelling budget vs fine maps (per-image timings: pseudolabel semantic-cost):")
+    for kind, c in costs.items():
+        print(f"  {kind:<9}{100 * c['budget_share']:6.1f}%  ({c['seconds_per_image']:g} s vs "
+              f"{c['seconds_per_image'] / c['budget_share']:g} s per image, {c['source']})")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"maps": rows, "students": students}, indent=2))
+        args.json.write_text(json.dumps({"maps": rows, "students": students,
+                                                "costs": costs}, indent=2))
 
 
 if __name__ == "__main__":

@@ -911,6 +911,11 @@ def semantic_maps(
                                      )] = "component",
     sampling: Annotated[str, typer.Option(help="skeleton or random point sampling.")
                         ] = "skeleton",
+    points: Annotated[int, typer.Option(help="Positive points per component (seed 004 Fig. 6: "
+                                        "5).", min=1)] = 5,
+    taus: Annotated[str, typer.Option(help="Selection weights 'precision,coverage' of a SAM "
+                                      "mask against the weak label (Fig. 7: 0.3,0.7).")
+                    ] = "0.3,0.7",
     sam_model: SamModelOpt = None,
     sam_checkpoint: SamCkptOpt = "default",
     device: DeviceOpt = None,
@@ -921,10 +926,12 @@ def semantic_maps(
     connected component, skeleton points prompt SAM; the output agreeing best with the weak
     label is painted. Resumable."""
     from pseudolabel.config import ensure_data
+    from pseudolabel.semantic.sam_maps import parse_taus
     from pseudolabel.stages.refine import load_refiner
     from pseudolabel.stages.semantic import sam_maps, score_maps
 
     try:
+        weights = parse_taus(taus)
         cfg = _config(config)
         data = ensure_data(cfg) if gt is None or images is None else None
         gt = gt if gt is not None else data.train
@@ -933,7 +940,7 @@ def semantic_maps(
         sam = load_refiner(sam_model or cfg.models.sam, sam_checkpoint,
                            runtime=_runtime(device, precision, cfg))
         summary = sam_maps(gt, weak, images, out, sam, prompt=prompt, per=per,
-                           sampling=sampling)
+                           sampling=sampling, n_points=points, taus=weights)
         scores = score_maps(gt, out)
     except ValueError as exc:
         _fail(str(exc))
@@ -1026,6 +1033,26 @@ def cost(
     typer.echo(f"{dataset}, {c['images']} images, masks on {c['fully_labeled']}, "
                f"{weak} on the rest: {c['hours']:,.0f} h vs {c['full_mask_hours']:,.0f} h "
                f"with full masks ({factor}, {c['hours_saved']:,.0f} h saved)")
+
+
+@app.command("semantic-cost")
+def semantic_cost(
+    kind: Annotated[str, typer.Option(help="point, scribble, coarse or fine.")],
+    dataset: Annotated[str, typer.Option(help="pascal (point, scribble, fine timed) or "
+                                         "cityscapes (coarse, fine timed).")] = "pascal",
+    images: Annotated[int | None, typer.Option(help="Number of images (default: the "
+                                               "dataset's training set).")] = None,
+) -> None:
+    """Annotation hours of weak semantic labels and their share of the fine-label budget."""
+    from pseudolabel.stages.cost import semantic_labelling_cost
+
+    try:
+        c = semantic_labelling_cost(dataset, kind, images)
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(f"{dataset}, {c['images']} images of {kind} labels: {c['hours']:,.1f} h vs "
+               f"{c['fine_hours']:,.1f} h of fine maps ({100 * c['budget_share']:.1f}% of the "
+               f"budget; {c['seconds_per_image']:g} s per image, {c['source']})")
 
 
 @app.command()

@@ -47,11 +47,19 @@ def test_cost_prints_hours():
     assert "118287 images" in text and "7.23x cheaper" in text
 
 
+def test_semantic_cost_uses_timed_kinds_only():
+    text = _run("semantic-cost", "--kind", "scribble", "--images", 100)
+    assert "1.0 h vs 6.7 h" in text and "14.6% of the budget" in text  # 34.9 s vs 239.7 s
+    text = _run("semantic-cost", "--kind", "coarse", "--dataset", "cityscapes")
+    assert "7.8% of the budget" in text  # 7 min vs 90 min per image
+
+
 @pytest.mark.parametrize("args, message", [
     (["weaken", "--weak", "scribble", "--fraction", "0.1", "--gt", "{gt}"], "unknown weak setting"),
     (["evaluate", "--gt", "{gt}"], "exactly one of --pred, --pseudo, --teacher or --detector"),
     (["evaluate", "--pred", "{missing}", "--gt", "{gt}"], "file not found"),
     (["cost", "--weak", "none", "--fraction", "0.1", "--dataset", "voc"], "unknown dataset"),
+    (["semantic-cost", "--kind", "coarse"], "coarse labels are timed for cityscapes"),
 ])
 def test_errors_are_clear_and_exit_2(data, args, message):
     fill = {"gt": str(data / "annotations" / "train.json"), "missing": str(data / "nope.json")}

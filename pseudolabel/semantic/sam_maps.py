@@ -37,6 +37,18 @@ TAUS = (0.3, 0.7)  # (precision, coverage) weights, seed 004 Fig. 7
 PROMPTS = ("points", "box", "mask")
 
 
+def parse_taus(text: str) -> tuple[float, float]:
+    """``"0.3,0.7"`` -> ``(0.3, 0.7)``: two finite, non-negative weights, not both zero."""
+    try:
+        taus = tuple(float(t) for t in text.split(","))
+    except ValueError:
+        taus = ()
+    if len(taus) != 2 or not all(np.isfinite(taus)) or min(taus) < 0 or sum(taus) == 0:
+        raise ValueError(f"--taus takes two non-negative weights 'precision,coverage', not "
+                         f"{text!r}")
+    return taus
+
+
 def skeleton_points(component: np.ndarray, n: int, rng: np.random.Generator,
                     sampling: str = "skeleton") -> np.ndarray:
     """``min(n, |skeleton|)`` distinct ``(row, col)`` pixels drawn uniformly from the

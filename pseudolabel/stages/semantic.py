@@ -22,7 +22,7 @@ from pseudolabel.semantic.labels import (
     simulate,
     write_label_map,
 )
-from pseudolabel.semantic.sam_maps import N_POINTS, sam_pseudo_map
+from pseudolabel.semantic.sam_maps import N_POINTS, TAUS, sam_pseudo_map
 
 
 def map_name(file_name: str) -> str:
@@ -52,8 +52,8 @@ def weaken_semantic(gt_path: str | Path, out_dir: str | Path, kind: str, *, seed
 
 def sam_maps(gt_path: str | Path, weak_dir: str | Path, image_root: str | Path,
              out_dir: str | Path, sam, *, prompt: str = "points", per: str = "component",
-             sampling: str = "skeleton", n_points: int = N_POINTS, seed: int = 0,
-             progress: bool = True) -> dict:
+             sampling: str = "skeleton", n_points: int = N_POINTS,
+             taus: tuple[float, float] = TAUS, seed: int = 0, progress: bool = True) -> dict:
     """SAM pseudo-maps of every image of ``gt_path`` whose weak map is in ``weak_dir``
     (crowd regions of the COCO file stay ignore); unusable images are skipped and listed."""
     gt = load_coco(gt_path)
@@ -74,7 +74,7 @@ def sam_maps(gt_path: str | Path, weak_dir: str | Path, image_root: str | Path,
         keep = label_map(gt, img["id"]) == IGNORE
         out = sam_pseudo_map(sam, pixels, weak, np.random.default_rng([seed, img["id"]]),
                              n_points=n_points, prompt=prompt, per=per, sampling=sampling,
-                             keep_ignore=keep)
+                             taus=taus, keep_ignore=keep)
         write_label_map(out_dir / name, out)
         written += 1
     return {"out": str(out_dir), "written": written, "failed": failed}

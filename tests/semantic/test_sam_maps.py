@@ -8,6 +8,7 @@ from skimage.morphology import skeletonize
 from pseudolabel.models.predictor import Decoded, ImageEmbeddings
 from pseudolabel.semantic.labels import IGNORE, regions, simulate
 from pseudolabel.semantic.sam_maps import (
+    parse_taus,
     sam_pseudo_map,
     select_mask,
     skeleton_points,
@@ -43,6 +44,16 @@ def test_selection_picks_the_best_weighted_agreement():
     assert k == 2 and score == pytest.approx(1.0)
     k, score = select_mask(np.stack([small, spill]), weak, 1, comp)
     assert k == 1 and score == pytest.approx(0.3 * 9 / 13 + 0.7)
+    # Precision-heavy weights (Fig. 7's other end) prefer the mask that never spills.
+    k, score = select_mask(np.stack([small, spill]), weak, 1, comp, taus=(0.9, 0.1))
+    assert k == 0 and score == pytest.approx(0.9 + 0.1 / 9)
+
+
+@pytest.mark.parametrize("text", ["0.3", "a,b", "-1,2", "0,0", "nan,1", "1,2,3"])
+def test_bad_selection_weights_are_refused(text):
+    with pytest.raises(ValueError, match="--taus"):
+        parse_taus(text)
+    assert parse_taus("0.5,0.5") == (0.5, 0.5)
 
 
 class ComponentSam:
