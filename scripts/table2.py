@@ -1,6 +1,6 @@
 """Collect seed 001 Table 2 from pipeline runs: one run directory per mask fraction.
 
-    python scripts/table2.py runs/table2 --out runs/table2/table2
+    python scripts/table2.py runs/table2 --student condinst --out runs/table2/table2
 
 reads ``<root>/<N>pct/`` (written by ``scripts/pipeline.sh``): each setting's pseudo-mask
 quality (``eval/pseudo_<W>.json``) and student metrics (``student/*/metrics.json``), and
@@ -27,13 +27,13 @@ def _read(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def collect(root: Path) -> dict:
+def collect(root: Path, student_name: str = "mask2former") -> dict:
     rows, full = [], None
     for run in sorted(root.glob("*pct"), key=lambda p: float(re.sub(r"pct$", "", p.name))):
         fraction = float(run.name[:-3]) / 100
-        full = full or _read(run / "student" / "full-mask2former" / "metrics.json")
+        full = full or _read(run / "student" / f"full-{student_name}" / "metrics.json")
         for weak in SETTINGS:
-            student = _read(run / "student" / f"{weak.replace('+', '_')}-mask2former"
+            student = _read(run / "student" / f"{weak.replace('+', '_')}-{student_name}"
                             / "metrics.json")
             pseudo = _read(run / "eval" / f"pseudo_{weak}.json")
             if student is None and pseudo is None:
@@ -48,7 +48,7 @@ def collect(root: Path) -> dict:
                 "hours": labelling_cost("coco", weak, fraction, n_images)["hours"]
                 if n_images else None,
             })
-    return {"rows": rows, "full": full}
+    return {"student": student_name, "rows": rows, "full": full}
 
 
 def markdown(table: dict) -> str:
@@ -71,9 +71,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("root", type=Path)
+    ap.add_argument("--student", default="mask2former", choices=("mask2former", "condinst"),
+                    help="which pipeline students to read (scripts/pipeline.sh's STUDENT)")
     ap.add_argument("--out", type=Path, default=None, help="prefix for .md and .json")
     args = ap.parse_args()
-    table = collect(args.root)
+    table = collect(args.root, args.student)
     if not table["rows"]:
         raise SystemExit(f"{args.root}: no <N>pct run directories with results")
     text = markdown(table)
