@@ -63,6 +63,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--fraction", type=float, default=0.1)
     ap.add_argument("--steps", type=int, default=None, help="default: the config's")
+    ap.add_argument("--lr", type=float, default=None, help="default: the config's")
+    ap.add_argument("--class-lr-factor", type=float, default=None,
+                    help="lr multiplier of the class path (default: the config's)")
     ap.add_argument("--run-dir", type=Path, default=Path("runs/bench/synthetic-10pct"))
     ap.add_argument("--max-images", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None)
@@ -71,8 +74,11 @@ def main() -> None:
     cfg = load_config(None)
     data = ensure_data(cfg)
     tcfg = asdict(cfg.teacher)
-    if args.steps is not None:
-        tcfg["steps"] = args.steps
+    for key in ("steps", "lr", "class_lr_factor"):
+        if getattr(args, key) is not None:
+            tcfg[key] = getattr(args, key)
+    if args.lr is not None:
+        tcfg["lr_final"] = args.lr / 10
     t0 = time.perf_counter()
     common = dict(gt_path=data.train, image_root=data.images, fraction=args.fraction,
                   sam_model=cfg.models.sam, sam_checkpoint=cfg.models.sam_checkpoint,
@@ -95,7 +101,8 @@ def main() -> None:
     }
     print(f"hardware: {hardware()}")
     print(f"synthetic default, {args.fraction:.0%} fully labelled, {tcfg['steps']} steps per "
-          f"teacher; training {train_s:.0f} s")
+          f"teacher, lr {tcfg['lr']:g} (class path x{tcfg['class_lr_factor']:g}); training "
+          f"{train_s:.0f} s")
     print(f"{'teacher':<26}{'point':>8}{'point+GDino':>13}{'box':>8}")
     for name, (point, gd, box) in rows.items():
         gd_text = f"{gd:13.3f}" if gd is not None else f"{'-':>13}"

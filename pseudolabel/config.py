@@ -62,6 +62,7 @@ class TeacherTraining:
     drop_at: float = 0.75
     weight_decay: float = 0.01
     num_points: int = 35 * 35
+    class_lr_factor: float = 1.0  # lr multiplier of the class-aware path (1 = seed 001 §4.1)
 
 
 @dataclass

@@ -26,7 +26,7 @@ from pseudolabel.teacher.model import (
     save_teacher,
     trainable,
 )
-from pseudolabel.teacher.train import FinetuneConfig, Sample, train_step
+from pseudolabel.teacher.train import FinetuneConfig, Sample, param_groups, train_step
 
 
 def ablation_name(name: str) -> str:
@@ -140,7 +140,8 @@ def finetune_teachers(*, gt_path: str | Path, image_root: str | Path, run_dir: s
                 module, device_ids=[runtime.device.index] if runtime.device.type == "cuda"
                 else None, find_unused_parameters=True)  # e.g. a box teacher's point embeds
         params = [p for p in module.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = torch.optim.AdamW(param_groups(module, cfg), lr=cfg.lr,
+                                weight_decay=cfg.weight_decay)
         scaler = runtime.grad_scaler()
         out = run_dir / "teacher" / kind.name
         _check_resume(out, {"config": cfg.__dict__, "sam_model": sam_model,

@@ -41,6 +41,22 @@ class FinetuneConfig:
     weight_decay: float = 0.01
     num_points: int = NUM_POINTS
     seed: int = 0
+    class_lr_factor: float = 1.0  # lr of the class path (text_proj, G_zero, its prompt copy)
+
+
+def param_groups(module: torch.nn.Module, cfg: FinetuneConfig) -> list[dict]:
+    """AdamW groups: the class path of a class-aware prompt encoder (its trainable prompt
+    encoder copy, ``text_proj`` and ``G_zero``, §3.4) at ``class_lr_factor`` x the lr, the
+    rest at the lr. The factor is ours: §4.1 gives one lr for everything; a zero-initialised
+    ``G_zero`` barely moves at the SAM-preserving lr of a short schedule."""
+    class_path, rest = [], []
+    for name, p in module.named_parameters():  # TeacherParts: class_encoder.* is the path
+        if p.requires_grad:
+            (class_path if name.startswith("class_encoder.") else rest).append(p)
+    groups = [{"params": rest, "lr_factor": 1.0}]
+    if class_path:
+        groups.append({"params": class_path, "lr_factor": cfg.class_lr_factor})
+    return groups
 
 
 def lr_at(step: int, cfg: FinetuneConfig) -> float:
@@ -135,7 +151,7 @@ def train_step(teacher: PromptedSam, kind: TeacherKind, cache, samples: list[Sam
     if not torch.isfinite(loss):
         raise FloatingPointError(f"non-finite loss {float(loss)} at step {step}; stopping")
     for g in optimizer.param_groups:
-        g["lr"] = lr_at(step, cfg)
+        g["lr"] = lr_at(step, cfg) * g.get("lr_factor", 1.0)
     optimizer.zero_grad(set_to_none=True)
     scaler = scaler or runtime.grad_scaler()
     scaler.scale(loss).backward()
