@@ -24,6 +24,19 @@ CORPUS = Path(__file__).resolve().parent / "data" / "bad"
 REPO = Path(__file__).resolve().parents[1]
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident set. ``VmHWM`` belongs to the address space made at exec;
+    ``ru_maxrss`` would also count the parent's resident set at fork (Linux records the old
+    address space's high-water mark on exec), so a test run from a large pytest worker read as
+    that worker's size."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def prepare(work: Path) -> tuple[Path, Path, Path]:
     """The corpus copied under ``work``, plus the two image files it does not commit, and a
     config running every model from random tiny weights."""
@@ -76,14 +89,13 @@ def main() -> None:
             crashed = r.exception is not None and not isinstance(r.exception, SystemExit)
             written = sorted(p.name for p in out.glob("*.json"))
             results.append({"case": case, "command": command, "exit_code": r.exit_code,
-                            "peak_so_far": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                            "peak_so_far": peak_rss_bytes(),
                             "output": r.output, "crashed": crashed,
                             "exception": repr(r.exception) if crashed else None,
                             "written": written,
                             "files": {name: json.loads((out / name).read_text())
                                       for name in written if name != "weak.json"}})
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # bytes
-    results_path.write_text(json.dumps({"peak_rss_bytes": peak, "runs": results}))
+    results_path.write_text(json.dumps({"peak_rss_bytes": peak_rss_bytes(), "runs": results}))
 
 
 if __name__ == "__main__":
