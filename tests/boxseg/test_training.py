@@ -110,6 +110,9 @@ def test_boxseg_cli_runs_end_to_end(synth_dir, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert "AP" in metrics["segm"]
     assert json.loads((tmp_path / "fused.json").read_text())["info"]["pseudolabel_boxseg"]
+    # the pairwise loss ramps up from zero over the first 11% of the schedule (BoxInst)
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert history[0]["loss_pairwise"] == 0.0 and history[-1]["loss_pairwise"] > 0.0
     r = runner.invoke(app, ["train-student", "--boxseg", "--weak", "box+class", "--config",
                             str(cfg)])
     assert r.exit_code == 2 and "--student condinst" in r.output
