@@ -44,8 +44,8 @@ def child(setting: str, n: int) -> None:
     weak["annotations"] = [a for a in weak["annotations"] if a["image_id"] in keep]
     save_json(work / "weak.json", weak)
     del gt, weak
-    sam = PromptedSam(build_sam("tiny", checkpoint=assets.resolve(cfg.models.sam_checkpoint,
-                                                                   "sam")))
+    sam = PromptedSam(build_sam(cfg.models.sam, checkpoint=assets.resolve_sam(
+        cfg.models.sam, cfg.models.sam_checkpoint)))
     sam.sam.eval()
     teachers = Teachers({"box": sam}, {"box": False}, {})
     generate(work / "weak.json", images, work / "run", GenerateOptions(setting, zero_shot=True),

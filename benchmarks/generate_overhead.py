@@ -50,7 +50,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weak", default="box+class", help="a setting, a comma list, or all")
-    ap.add_argument("--sam", default="tiny", help="tiny (shipped weights) or vit_b (random)")
+    ap.add_argument("--sam", default="tiny_hr",
+                    help="tiny_hr (shipped weights) or vit_b (random)")
     ap.add_argument("--images", type=int, default=120, help="weakly labelled images to use")
     args = ap.parse_args()
     settings = parse_settings(args.weak)
@@ -69,9 +70,9 @@ def main() -> None:
         weak["annotations"] = [a for a in weak["annotations"] if a["image_id"] in keep]
         save_json(work / "run" / "weak" / f"{setting}.json", weak)
 
-    ckpt = assets.resolve(cfg.models.sam_checkpoint, "sam") if args.sam == "tiny" else None
-    sam = PromptedSam(build_sam(cfg.models.sam if args.sam == "tiny" else args.sam,
-                                checkpoint=ckpt, pretrained=False).eval())
+    ckpt = assets.resolve_sam(args.sam, cfg.models.sam_checkpoint) \
+        if args.sam.startswith("tiny") else None
+    sam = PromptedSam(build_sam(args.sam, checkpoint=ckpt, pretrained=False).eval())
     names = teachers_for(set(settings))
     teachers = Teachers({n: sam for n in names}, {n: False for n in names}, {})
     detector = None

@@ -32,12 +32,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=40)
-    ap.add_argument("--sam", default="tiny", choices=["tiny", "vit_b"])
+    ap.add_argument("--sam", default="tiny_hr", choices=["tiny_hr", "vit_b"],
+                    help="tiny_hr (the shipped weights) or vit_b (random weights)")
     args = ap.parse_args()
 
     data = ensure_data(load_config(None))
     gt = load_coco(data.val)
-    sam = load_refiner() if args.sam == "tiny" else \
+    sam = load_refiner() if args.sam == "tiny_hr" else \
         PromptedSam(build_sam("vit_b", pretrained=False).eval())
     work = []
     for img in [i for i in gt.images if len(gt.anns_by_image[i["id"]]) >= 2][: args.images]:

@@ -40,8 +40,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--sam", default="tiny",
-                    help="tiny (the shipped weights) or vit_b (random weights: cost only)")
+    ap.add_argument("--sam", default="tiny_hr",
+                    help="tiny_hr (the shipped weights) or vit_b (random weights: cost only)")
     args = ap.parse_args()
     cfg = load_config(None)
     data = ensure_data(cfg)
@@ -56,7 +56,8 @@ def main() -> None:
         samples += [Sample(key, gt.rle(a), rows[a["category_id"]]) for a in gt.anns_by_image[i]]
     names = [gt.category_by_id[c]["name"] for c in gt.category_ids]
     text = build_text_encoder("tiny").embed(names)
-    ckpt = assets.resolve(cfg.models.sam_checkpoint, "sam") if args.sam == "tiny" else None
+    ckpt = assets.resolve_sam(args.sam, cfg.models.sam_checkpoint) \
+        if args.sam.startswith("tiny") else None
     fcfg = FinetuneConfig(steps=args.steps, batch=args.batch, lr=cfg.teacher.lr,
                           num_points=cfg.teacher.num_points)
     kind = TEACHERS["point-cls"]

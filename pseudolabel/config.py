@@ -37,7 +37,7 @@ class Models:
     ``"default"`` checkpoints are the synthetic foundation weights shipped in the package.
     """
 
-    sam: str = "tiny"
+    sam: str = "tiny_hr"
     sam_checkpoint: str | None = "default"
     detector: str = "tiny"
     detector_checkpoint: str | None = "default"
@@ -51,8 +51,9 @@ class TeacherTraining:
     seed 001 §4.1's (36,874 steps, lr 1e-5 -> 1e-6 at step 27,655, batch 32, 12,544 points).
 
     ``num_points``: §4.1 samples 12,544 points of SAM's 256 x 256 low-res logits (19%). The
-    tiny SAM's logits are 80 x 80 = 6,400 values, fewer than 12,544, so the synthetic default
-    keeps §4.1's density instead: 35 x 35 = 1,225 points (19% of 6,400).
+    shipped ``tiny_hr`` SAM's logits are 160 x 160 = 25,600 values, so the synthetic default
+    keeps §4.1's density rather than its count: 70 x 70 = 4,900 points (19% of 25,600; the
+    plain ``tiny`` preset's 80 x 80 logits would take 1,225).
     """
 
     steps: int = 300
@@ -61,7 +62,7 @@ class TeacherTraining:
     lr_final: float = 3e-6
     drop_at: float = 0.75
     weight_decay: float = 0.01
-    num_points: int = 35 * 35
+    num_points: int = 70 * 70
     class_lr_factor: float = 1.0  # lr multiplier of the class-aware path (1 = seed 001 §4.1)
 
 

@@ -86,14 +86,16 @@ def test_evaluate_teacher_and_detector(data, tmp_path):
     out = tmp_path / "teacher.json"
     weights = tmp_path / "sam.safetensors"
     save_safetensors(weights, build_sam("tiny").state_dict())
-    text = _run("evaluate", "--teacher", weights, "--gt", gt, "--images", data / "images",
-                "--prompts", "box,point", "--max-images", 2, "--json", out)
+    text = _run("evaluate", "--teacher", weights, "--sam-model", "tiny", "--gt", gt,
+                "--images", data / "images", "--prompts", "box,point", "--max-images", 2,
+                "--json", out)
     assert "box" in text and "mIoU" in text
     assert set(json.loads(out.read_text())["mIoU"]) == {"box", "point"}
     # the tiny detector with random weights: the code path, not a quality figure
     text = _run("evaluate", "--detector", "tiny", "--gt", gt, "--images", data / "images",
                 "--max-images", 2)
     assert "box AP50" in text
-    bad = runner.invoke(app, ["evaluate", "--teacher", str(weights), "--gt", str(gt), "--images",
-                              str(data / "images"), "--prompts", "scribble"])
+    bad = runner.invoke(app, ["evaluate", "--teacher", str(weights), "--sam-model", "tiny",
+                              "--gt", str(gt), "--images", str(data / "images"), "--prompts",
+                              "scribble"])
     assert bad.exit_code == 2 and "unknown prompt kinds" in bad.output

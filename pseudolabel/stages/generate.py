@@ -74,7 +74,7 @@ def detector_identity(models, checkpoint: str | None = None) -> tuple[Path | Non
 
 
 def load_run_teachers(run_dir: Path, setting, category_ids: list[int], *,
-                      refine: bool = True, zero_shot: bool = False, sam_model: str = "tiny",
+                      refine: bool = True, zero_shot: bool = False, sam_model: str = "tiny_hr",
                       sam_checkpoint: str | None = "default", runtime: Runtime = CPU,
                       weights: bool = True) -> Teachers:
     """The teachers ``setting`` needs (a setting name or a collection of weak kinds) from

@@ -224,7 +224,7 @@ def _versus_clean(gt: CocoDataset, out: Path) -> dict:
 
 # -- COCO-WAN ----------------------------------------------------------------------------------
 def wan_file(gt_path: str | Path, image_root: str | Path, out: str | Path, level: str, *,
-             sam_model: str = "tiny", checkpoint: str | None = "default", seed: int = 0,
+             sam_model: str = "tiny_hr", checkpoint: str | None = "default", seed: int = 0,
              encode_batch: int = 8, evaluate: bool = True, progress: bool = True,
              runtime=None) -> dict:
     """COCO-WAN (seed 003 §3.4): every instance's mask replaced by a zero-shot SAM mask.

@@ -35,7 +35,7 @@ from pseudolabel.samrefiner import PROMPTS, refine_masks, split_then_merge
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def load_refiner(sam_model: str = "tiny", checkpoint: str | None = "default",
+def load_refiner(sam_model: str = "tiny_hr", checkpoint: str | None = "default",
                  adapter: str | Path | None = None, runtime: Runtime = CPU) -> PromptedSam:
     """SAM for refinement (``default``: the shipped tiny SAM), with an IoU adapter if given,
     on ``runtime``'s device."""

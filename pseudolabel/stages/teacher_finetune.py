@@ -80,7 +80,7 @@ def _check_resume(out: Path, settings: dict, main: bool) -> None:
 
 def finetune_teachers(*, gt_path: str | Path, image_root: str | Path, run_dir: str | Path,
                       fraction: float, seed: int = 0, teachers: tuple[str, ...] = tuple(TEACHERS),
-                      class_aware: bool = True, sam_model: str = "tiny",
+                      class_aware: bool = True, sam_model: str = "tiny_hr",
                       sam_checkpoint: str | None = "default", text_encoder: str = "tiny",
                       text_checkpoint: str | None = "default",
                       cfg: FinetuneConfig = FinetuneConfig(),

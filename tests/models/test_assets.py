@@ -5,6 +5,7 @@ import hashlib
 
 import pytest
 
+from pseudolabel.config import Models
 from pseudolabel.data.coco import load_coco
 from pseudolabel.evaluation.teacher import teacher_miou
 from pseudolabel.models import assets
@@ -36,7 +37,9 @@ def test_manifest_matches_files(kind):
 
 def test_shipped_sam_reproduces_manifest(target_val):
     gt, images = target_val
-    sam = build_sam("tiny", checkpoint=assets.resolve("default", "sam"))
+    model = MANIFEST["sam"]["sam_model"]
+    assert model == Models().sam == "tiny_hr"  # the default config runs the shipped SAM
+    sam = build_sam(model, checkpoint=assets.resolve_sam(model, "default"))
     got = teacher_miou(PromptedSam(sam), gt, images, progress=False)
     for kind, ref in MANIFEST["sam"]["metrics_subset"].items():
         assert got[kind]["num_instances"] == ref["num_instances"]

@@ -20,7 +20,7 @@ CFG = FinetuneConfig(steps=4, batch=6, lr=1e-3, lr_final=1e-4, num_points=256)
 def _run(synth_dir, run_dir, **kw):
     args = dict(gt_path=synth_dir / "annotations" / "train.json",
                 image_root=synth_dir / "images", run_dir=run_dir, fraction=0.2,
-                sam_checkpoint=None, cfg=CFG, progress=False)
+                sam_model="tiny", sam_checkpoint=None, cfg=CFG, progress=False)
     args.update(kw)
     return finetune_teachers(**args)
 
