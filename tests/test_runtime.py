@@ -217,7 +217,7 @@ def test_refine_adapt_wan_and_evaluation_run_on_the_device(synth_dir, tmp_path):
         adapt_iou(gt, images, tmp_path / "adapter.safetensors", sam, progress=False)
         wan_file(gt, images, tmp_path / "wan.json", "medium", checkpoint=None,
                  evaluate=False, progress=False, runtime=DEVICE)
-        evaluate_teacher("default", "tiny", gt, images, runtime=DEVICE)
+        evaluate_teacher("default", "tiny_hr", gt, images, runtime=DEVICE)
         evaluate_detector("tiny", None, gt, images, runtime=DEVICE)
 
     _run_on_device(run)
