@@ -52,3 +52,15 @@ def test_table2_collects_runs(synth_dir, tmp_path):
     assert "| 100% | masks | – | 20.0 | 9.0 | 100 | – |" in text
     other = table2.collect(tmp_path, "condinst")  # pseudo-masks shared, no CondInst student
     assert other["full"] is None and [r["AP"] for r in other["rows"]] == [None, None]
+
+
+def test_demo_quotes_the_readme_fully_supervised_figure():
+    """The demo prints its student's AP beside the README's fully supervised CondInst."""
+    import re
+
+    demo = (REPO / "scripts" / "demo.sh").read_text()
+    full_ap = re.search(r"^FULL_AP=([\d.]+)$", demo, re.M).group(1)
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert (f"`pseudolabel train-student --full --student condinst --steps 1500` reaches val "
+            f"mask AP {full_ap} ") in readme
+    assert "--student condinst" in demo
