@@ -126,6 +126,9 @@ def test_semantic_scores_by_hand():
     # class 0: tp 3, fn 1 (predicted 1); class 1: tp 2, fp 1, one fine pixel unlabelled
     assert r["per_class_IoU"] == pytest.approx([3 / 4, 2 / 3])
     assert r["precision"] == pytest.approx(5 / 6) and r["recall"] == pytest.approx(5 / 7)
+    # foreground (class 1 only): 2 of its 3 predicted pixels right, 2 of its 3 fine pixels found
+    assert r["fg_precision"] == pytest.approx(2 / 3) and r["fg_recall"] == pytest.approx(2 / 3)
+    assert r["fg_F1"] == pytest.approx(2 / 3)
 
 
 def test_semantic_commands_run_end_to_end(synth_dir, tmp_path):
