@@ -54,6 +54,7 @@ from pseudolabel.boxseg.quality import (
     adaptive_k,
     box_quality_ranking,
     fuse_candidates,
+    quality_weighted_dice,
 )
 from pseudolabel.data.coco import load_coco
 from pseudolabel.data.images import load_image, resolve_image_path
@@ -218,31 +219,20 @@ def boxseg_mask_loss(weights: tuple[float, float]):
     def loss(model, rows, par, xy, mask_feats, targets, zero) -> dict:
         if not rows:
             return {"loss_proj": zero, "loss_pairwise": zero, "loss_fused": zero}
-        proj, pair, dice, wts = [], [], [], []
-        for b in sorted({r[0] for r in rows}):
-            mine = [r for r in rows if r[0] == b]
-            loc = torch.tensor([r[1] for r in mine], device=par.device)
-            tgt = torch.tensor([r[2] for r in mine], device=par.device)
-            logits = model.dynamic_masks(par[b, loc], xy[loc], mask_feats[b])
-            logits = F.interpolate(logits[None], scale_factor=2, mode="bilinear",
-                                   align_corners=False)[0]  # stride 4
+        proj, pair, masks, fused, wts = [], [], [], [], []
+        for b, tgt, logits in model.stride4_masks(rows, par, xy, mask_feats):
             t = targets[b]
             g = logits.shape[-1]
             box_masks = t["box_masks"][tgt][:, :g, :g]
             proj.append(projection_loss(logits, box_masks))
             pair.append(pairwise_loss(logits, t["similarity"][:, :g, :g], box_masks))
-            fused = t["fused"][tgt][:, 2::4, 2::4][:, :g, :g]
-            p = logits.sigmoid().flatten(1)
-            f = fused.flatten(1)
-            dice.append(1 - 2 * (p * f).sum(1) / ((p * p).sum(1) + (f * f).sum(1))
-                        .clamp_min(1e-5))
+            masks.append(logits)
+            fused.append(t["fused"][tgt][:, 2::4, 2::4][:, :g, :g])
             wts.append(t["weights"][tgt])
-        w = torch.cat(wts)
-        has = (w > 0).to(w.dtype)
-        out = {"loss_proj": torch.cat(proj).mean(),
-               "loss_pairwise": pairwise_weight * torch.cat(pair).mean(),
-               "loss_fused": mask_weight * (w * torch.cat(dice)).sum() / has.sum().clamp_min(1)}
-        return out
+        return {"loss_proj": torch.cat(proj).mean(),
+                "loss_pairwise": pairwise_weight * torch.cat(pair).mean(),
+                "loss_fused": mask_weight * quality_weighted_dice(
+                    torch.cat(masks), torch.cat(fused), torch.cat(wts))}
 
     return loss
 

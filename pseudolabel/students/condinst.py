@@ -245,6 +245,18 @@ class CondInst(nn.Module):
         out["loss"] = sum(out.values())
         return out
 
+    def stride4_masks(self, rows, par, xy, mask_feats):
+        """Per image ``b`` of the positive ``rows`` ``(b, location, target)``: ``(b, target
+        indices, (N, S/4, S/4) mask logits)``, the dynamic heads' outputs upsampled to
+        stride 4."""
+        for b in sorted({r[0] for r in rows}):
+            mine = [r for r in rows if r[0] == b]
+            loc = torch.tensor([r[1] for r in mine], device=par.device)
+            tgt = torch.tensor([r[2] for r in mine], device=par.device)
+            logits = self.dynamic_masks(par[b, loc], xy[loc], mask_feats[b])
+            yield b, tgt, F.interpolate(logits[None], scale_factor=2, mode="bilinear",
+                                        align_corners=False)[0]
+
     def _mask_loss(self, rows, par, xy, mask_feats, targets, zero) -> torch.Tensor:
         if not rows:
             _rank_mean(zero.detach())  # every rank joins the collective
@@ -253,13 +265,7 @@ class CondInst(nn.Module):
             keep = torch.randperm(len(rows), device="cpu")[:MAX_MASK_INSTANCES].tolist()
             rows = [rows[i] for i in keep]
         losses, weights = [], []
-        for b in sorted({r[0] for r in rows}):
-            mine = [r for r in rows if r[0] == b]
-            loc = torch.tensor([r[1] for r in mine], device=par.device)
-            tgt = torch.tensor([r[2] for r in mine], device=par.device)
-            logits = self.dynamic_masks(par[b, loc], xy[loc], mask_feats[b])
-            logits = F.interpolate(logits[None], scale_factor=2, mode="bilinear",
-                                   align_corners=False)[0]  # stride 4
+        for b, tgt, logits in self.stride4_masks(rows, par, xy, mask_feats):
             gt = targets[b]["masks"][tgt][:, 2::4, 2::4]  # GT sampled at stride-4 centres
             gt = gt[:, : logits.shape[-2], : logits.shape[-1]]
             p = logits.sigmoid().flatten(1)
