@@ -46,16 +46,17 @@ def _val(work: Path) -> Path:
 
 
 def run_sam(args) -> None:
-    from pseudolabel.models.sam import warm_start_from_plain
+    from pseudolabel.models.sam import warm_start
     from pseudolabel.pretrain.sam import SamPretrainConfig, train_step
 
     cfg = SamPretrainConfig(steps=args.steps, seed=args.seed, data_seed=args.data_seed,
                             sam_model=args.sam_model, init=args.init,
-                            **({"warmup": args.warmup} if args.warmup is not None else {}))
+                            **({"warmup": args.warmup} if args.warmup is not None else {}),
+                            **({"lr": args.lr} if args.lr is not None else {}))
     torch.manual_seed(cfg.seed)
     sam = build_sam(cfg.sam_model)
     if cfg.init:
-        warm_start_from_plain(sam, load_state_dict(cfg.init))
+        warm_start(sam, load_state_dict(cfg.init))
     predictor = PromptedSam(sam)
     predictor.sam.train()
     opt = torch.optim.AdamW(predictor.sam.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -131,7 +132,8 @@ def run_export(args) -> None:
                        f"--data-seed {cfg['data_seed']}"
                        + (f" --sam-model {sam_model}" if name == "sam" else "")
                        + (f" --init {cfg['init']}" if cfg.get("init") else "")
-                       + (f" --warmup {cfg['warmup']}" if name == "sam" else ""),
+                       + (f" --warmup {cfg['warmup']} --lr {cfg['lr']:g}" if name == "sam"
+                          else ""),
             "config": cfg, "steps": state["step"],
             "training_note": args.note.get(name, ""),
             "train_seconds": round(state["seconds"], 1),
@@ -178,8 +180,10 @@ def main() -> None:
                     help='export: JSON {"sam": "...", "gdino": "..."} on how each was trained')
     ap.add_argument("--sam-model", default="tiny", help="sam: tiny or tiny_hr")
     ap.add_argument("--init", default=None,
-                    help="sam: warm-start from a plain tiny SAM's weights (tiny_hr)")
+                    help="sam: start from weights: a plain tiny SAM's (into tiny_hr: all but "
+                         "the detail path) or the same model's (a continuation)")
     ap.add_argument("--warmup", type=int, default=None, help="sam: warm-up steps")
+    ap.add_argument("--lr", type=float, default=None, help="sam: peak learning rate")
     ap.add_argument("--stop-after", type=int, default=None,
                     help="stop this run after N steps (resume later with the same command)")
     args = ap.parse_args()

@@ -171,6 +171,17 @@ def warm_start_from_plain(sam: Sam, plain_state: dict[str, torch.Tensor]) -> Non
         raise ValueError(f"warm start: missing {foreign}, unexpected {result.unexpected_keys}")
 
 
+def warm_start(sam: Sam, state: dict[str, torch.Tensor]) -> str:
+    """Initialise ``sam`` from ``state`` before training: the same model's weights load
+    exactly (a continuation, returns ``"continue"``); a plain tiny SAM's load into a
+    ``tiny_hr`` by :func:`warm_start_from_plain` (returns ``"plain"``)."""
+    if state.keys() == sam.state_dict().keys():
+        sam.load_state_dict(state)
+        return "continue"
+    warm_start_from_plain(sam, state)
+    return "plain"
+
+
 def build_sam(name: str, *, checkpoint: str | Path | None = None, pretrained: bool = True) -> Sam:
     """Build a registered SAM variant (``vit_h``, ``vit_l``, ``vit_b``, ``tiny``,
     ``tiny_hr``)."""

@@ -44,6 +44,19 @@ def test_tiny_hr_warm_start_equals_the_upsampled_plain_sam():
         warm_start_from_plain(hr, {**plain.state_dict(), "extra.weight": torch.zeros(1)})
 
 
+def test_warm_start_continues_the_same_model_exactly_and_lifts_a_plain_one():
+    from pseudolabel.models.sam import warm_start
+
+    trained, fresh = build_sam("tiny_hr"), build_sam("tiny_hr")  # same seeded init
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(torch.randn_like(p))
+    assert warm_start(fresh, trained.state_dict()) == "continue"
+    for k, v in trained.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v), k
+    assert warm_start(build_sam("tiny_hr"), build_sam("tiny").state_dict()) == "plain"
+
+
 @pytest.fixture(scope="module")
 def tiny():
     return PromptedSam(build_sam("tiny"))
