@@ -3,6 +3,9 @@
     python scripts/pretrain_synthetic_foundation.py sam   --steps 3000 --work runs/pretrain
     python scripts/pretrain_synthetic_foundation.py sam   --sam-model tiny_hr \
         --init pseudolabel/assets/sam_tiny.safetensors --steps 8000 --work runs/pretrain_hr
+    python scripts/pretrain_synthetic_foundation.py sam   --sam-model tiny_hr \
+        --init pseudolabel/assets/sam_tiny_hr.safetensors --steps 2400 --lr 1e-4 \
+        --data-seed 1001 --seed 1 --work runs/pretrain_hr2        # continue shipped weights
     python scripts/pretrain_synthetic_foundation.py gdino --steps 6000 --work runs/pretrain
     python scripts/pretrain_synthetic_foundation.py clip  --steps 3000 --work runs/pretrain
     python scripts/pretrain_synthetic_foundation.py export --work runs/pretrain
@@ -162,6 +165,13 @@ def run_export(args) -> None:
                                                   image_ids=subset, progress=False)
         entry["eval_seconds"] = round(time.perf_counter() - t, 1)
         entry["subset_images"] = SUBSET
+        old = manifest.get(name)
+        init = Path(cfg.get("init") or "")
+        if name == "sam" and old and init.is_file() and _sha256(init) == old.get("sha256"):
+            # a continuation of the weights shipped so far: keep the stages that led to them
+            entry["earlier_stages"] = old.pop("earlier_stages", []) + [
+                {k: old[k] for k in ("sha256", "command", "steps", "training_note",
+                                     "train_seconds", "metrics") if k in old}]
         manifest[name] = entry
         print(name, json.dumps(entry["metrics"]))
     (ASSETS / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
