@@ -71,8 +71,17 @@ def main() -> None:
                     help="EMA teacher momentum (seed 000: 0.999 over 90k iterations; its "
                          "~1,000-step memory would leave a short schedule's teacher mostly "
                          "at its initial weights)")
+    ap.add_argument("--rows", default=None,
+                    help="comma-separated row numbers (1-6, the table's order) to run, e.g. "
+                         "to split the rows over processes; default: all")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
+    numbers = range(1, len(ROWS) + 1) if args.rows is None else \
+        [int(i) for i in args.rows.split(",") if i.strip().isdigit()]
+    if args.rows is not None and (len(numbers) != len(args.rows.split(","))
+                                  or not set(numbers) <= set(range(1, len(ROWS) + 1))):
+        ap.error(f"--rows {args.rows!r}: expected row numbers 1-{len(ROWS)}, comma-separated")
+    chosen = [ROWS[i - 1] for i in numbers]
 
     cfg = load_config(None)
     data = ensure_data(cfg)
@@ -83,7 +92,7 @@ def main() -> None:
     base = replace(StudentConfig(**(cfg.raw.get("student") or {})), arch="condinst",
                    steps=args.steps)
     rows = {}
-    for label, qam, cp in ROWS:
+    for label, qam, cp in chosen:
         per_seed = []
         for seed in range(args.seeds):
             out = args.run_dir / f"{qam}-{cp}-seed{seed}"
