@@ -26,14 +26,20 @@ from pseudolabel.teacher.train import FinetuneConfig, Sample, train_step  # noqa
 
 
 class EncodeEveryStep:
-    """Drop-in for the cache that runs the frozen encoder whenever an image is needed."""
+    """Drop-in for the cache that runs the frozen encoder on every step: each distinct image
+    of a step's batch is encoded once (as a loop without a cache would), then forgotten."""
 
     def __init__(self, predictor, paths):
-        self.predictor, self.paths = predictor, paths
+        self.predictor, self.paths, self.step = predictor, paths, {}
+
+    def new_step(self):
+        self.step = {}
 
     def get(self, key):
-        with torch.no_grad():
-            return self.predictor.encode([load_image(self.paths[key])])
+        if key not in self.step:
+            with torch.no_grad():
+                self.step[key] = self.predictor.encode([load_image(self.paths[key])])
+        return self.step[key]
 
 
 def main() -> None:
@@ -78,6 +84,8 @@ def main() -> None:
         train_step(teacher, kind, source, samples, opt, params, 0, fcfg)  # warm-up
         t = time.perf_counter()
         for s in range(1, args.steps + 1):
+            if isinstance(source, EncodeEveryStep):
+                source.new_step()
             train_step(teacher, kind, source, samples, opt, params, s, fcfg)
         rates[mode] = args.steps / (time.perf_counter() - t)
     print(f"hardware: {hardware()}")
