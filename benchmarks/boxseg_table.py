@@ -55,10 +55,20 @@ def correlations(pseudo_path: Path, gt) -> dict:
         iou.append((m & t).sum() / max((m | t).sum(), 1))
         w.append(a["quality"]["w"])
         s.append(a["quality"]["box_score"])
-    if len(iou) < 3:
-        return {"spearman_w": float("nan"), "spearman_s": float("nan"), "masks": len(iou)}
-    return {"spearman_w": float(spearmanr(w, iou).statistic),
-            "spearman_s": float(spearmanr(s, iou).statistic), "masks": len(iou)}
+
+    def rho(x):  # undefined for fewer than 3 masks or a constant score
+        return float(spearmanr(x, iou).statistic) if len(iou) >= 3 and len(set(x)) > 1 \
+            else float("nan")
+    return {"spearman_w": rho(w), "spearman_s": rho(s), "masks": len(iou)}
+
+
+def _nanmean(values: list[float]) -> float | None:
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
+
+
+def _fmt(value: float | None) -> str:
+    return f"{'-':>12}" if value is None else f"{value:12.3f}"
 
 
 def main() -> None:
@@ -118,10 +128,13 @@ def main() -> None:
     for label, per_seed in rows.items():
         ap_ = np.mean([r["AP"] for r in per_seed])
         seeds = "/".join(f"{r['AP']:.1f}" for r in per_seed)
-        miou = np.mean([r["fused_mIoU"] for r in per_seed])
-        rw = np.nanmean([r["spearman_w"] for r in per_seed])
-        rs = np.nanmean([r["spearman_s"] for r in per_seed])
-        print(f"{label:<26}{ap_:8.2f} ({seeds:>9}){miou:12.3f}{rw:12.3f}{rs:12.3f}")
+        # "-": no fused masks (the baseline has no teacher pass) or a constant w (one
+        # candidate per box, BPMA), where the correlation is undefined
+        with_masks = [r for r in per_seed if r["masks"]]
+        miou = _fmt(np.mean([r["fused_mIoU"] for r in with_masks]) if with_masks else None)
+        rw = _fmt(_nanmean([r["spearman_w"] for r in with_masks]))
+        rs = _fmt(_nanmean([r["spearman_s"] for r in with_masks]))
+        print(f"{label:<26}{ap_:8.2f} ({seeds:>9}){miou}{rw}{rs}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=2))
