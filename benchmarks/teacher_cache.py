@@ -93,7 +93,7 @@ def main() -> None:
           f"{args.batch} instances from {len(paths)} fully labelled images, "
           f"{args.steps} steps each")
     for mode, r in rates.items():
-        print(f"  {mode:<18} {r:6.2f} steps/s")
+        print(f"  {mode:<18} {r:8.4f} steps/s")
     print(f"cached/encode-every-step ratio: {rates['cached'] / rates['encode every step']:.2f}")
 
 
