@@ -5,7 +5,7 @@
         --init pseudolabel/assets/sam_tiny.safetensors --steps 8000 --work runs/pretrain_hr
     python scripts/pretrain_synthetic_foundation.py sam   --sam-model tiny_hr \
         --init pseudolabel/assets/sam_tiny_hr.safetensors --steps 2400 --lr 1e-4 \
-        --data-seed 1001 --seed 1 --work runs/pretrain_hr2        # continue shipped weights
+        --data-seed 1001 --seed 1 --work runs/pretrain_hr2  # continues them (shipped: from 52b6864)
     python scripts/pretrain_synthetic_foundation.py gdino --steps 6000 --work runs/pretrain
     python scripts/pretrain_synthetic_foundation.py clip  --steps 3000 --work runs/pretrain
     python scripts/pretrain_synthetic_foundation.py export --work runs/pretrain
