@@ -62,6 +62,11 @@ def correlations(pseudo_path: Path, gt) -> dict:
     return {"spearman_w": rho(w), "spearman_s": rho(s), "masks": len(iou)}
 
 
+def _fresh(path: Path, run: Path) -> bool:
+    """``path`` exists and was written after the run's last checkpoint."""
+    return path.is_file() and path.stat().st_mtime >= (run / "state.pt").stat().st_mtime
+
+
 def _nanmean(values: list[float]) -> float | None:
     finite = [v for v in values if np.isfinite(v)]
     return float(np.mean(finite)) if finite else None
@@ -86,12 +91,10 @@ def main() -> None:
                          "to split the rows over processes; default: all")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    numbers = range(1, len(ROWS) + 1) if args.rows is None else \
-        [int(i) for i in args.rows.split(",") if i.strip().isdigit()]
-    if args.rows is not None and (len(numbers) != len(args.rows.split(","))
-                                  or not set(numbers) <= set(range(1, len(ROWS) + 1))):
+    numbers = args.rows.split(",") if args.rows else range(1, len(ROWS) + 1)
+    if not all(str(i).strip() in {str(n) for n in range(1, len(ROWS) + 1)} for i in numbers):
         ap.error(f"--rows {args.rows!r}: expected row numbers 1-{len(ROWS)}, comma-separated")
-    chosen = [ROWS[i - 1] for i in numbers]
+    chosen = [ROWS[int(i) - 1] for i in numbers]
 
     cfg = load_config(None)
     data = ensure_data(cfg)
@@ -110,9 +113,12 @@ def main() -> None:
             summary = train_boxseg(weak_path, data.images, out, scfg,
                                    BoxSegConfig(qam=qam, copy_paste=cp, ema=args.ema),
                                    progress=False)
-            metrics = evaluate_student(out, data.val, data.images, progress=False)
-            fused = out / "fused.json"
-            if not fused.is_file():
+            # a finished run's metrics and fused masks are kept (a re-run, e.g. after --rows
+            # runs, only prints); they are redone when the weights are newer
+            metrics_file, fused = out / "metrics.json", out / "fused.json"
+            metrics = json.loads(metrics_file.read_text()) if _fresh(metrics_file, out) \
+                else evaluate_student(out, data.val, data.images, progress=False)
+            if not _fresh(fused, out):
                 export_pseudo_masks(summary["run"], weak_path, fused, progress=False)
             quality = evaluate_pseudo(load_coco(fused), gt)
             per_seed.append({"AP": metrics["segm"]["AP"], "fused_mIoU": quality["mIoU"],

@@ -46,8 +46,8 @@ class SemanticScore:
         predicted = c.sum(0)
         in_fine = c.sum(1) + self.unlabelled_per_class
         fg = np.flatnonzero(in_fine[1:] > 0) + 1
-        fg_p = float(np.mean([tp[i] / predicted[i] if predicted[i] else 0.0 for i in fg])) \
-            if fg.size else 0.0
+        fg_p = float(np.mean(np.divide(tp[fg], predicted[fg], out=np.zeros(fg.size),
+                                       where=predicted[fg] > 0))) if fg.size else 0.0
         fg_r = float(np.mean(tp[fg] / in_fine[fg])) if fg.size else 0.0
         present = in_fine > 0
         return {"fg_precision": fg_p, "fg_recall": fg_r,
