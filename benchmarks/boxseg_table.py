@@ -110,9 +110,10 @@ def main() -> None:
         for seed in range(args.seeds):
             out = args.run_dir / f"{qam}-{cp}-seed{seed}"
             scfg = replace(base, seed=seed)
+            # progress goes to stderr, so stdout keeps only the table
+            print(f"{label}, seed {seed} ({out})", file=sys.stderr, flush=True)
             summary = train_boxseg(weak_path, data.images, out, scfg,
-                                   BoxSegConfig(qam=qam, copy_paste=cp, ema=args.ema),
-                                   progress=False)
+                                   BoxSegConfig(qam=qam, copy_paste=cp, ema=args.ema))
             # a finished run's metrics and fused masks are kept (a re-run, e.g. after --rows
             # runs, only prints); they are redone when the weights are newer
             metrics_file, fused = out / "metrics.json", out / "fused.json"
