@@ -46,6 +46,41 @@ def mask_iou(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     return np.divide(inter, union, out=np.zeros(len(gt)), where=union > 0)
 
 
+ERROR_KINDS = ("missed", "spill_same_class", "spill_other_class", "spill_background")
+
+
+def error_breakdown(pred: np.ndarray, gt: np.ndarray, category_ids) -> dict[str, np.ndarray]:
+    """Where each predicted mask goes wrong, in pixels per instance.
+
+    ``pred`` and ``gt`` are ``(N, H, W)`` bool masks of one image's N instances (prediction i
+    for instance i), ``category_ids`` their N classes. ``missed`` counts GT pixels the
+    prediction leaves out; a prediction's pixels outside its GT ("spill") are split by what
+    lies under them: another instance of the same class, an instance of another class only,
+    or no annotated instance. Spill onto other-class instances is what a class prompt can
+    rule out; ``iou_without_other_class_spill`` is the IoU had it been ruled out.
+    """
+    cats = np.asarray(category_ids)
+    n = len(gt)
+    out = {k: np.zeros(n, dtype=np.int64) for k in ("intersection", "area", *ERROR_KINDS)}
+    for i in range(n):
+        others = np.arange(n) != i
+        same = np.logical_or.reduce(gt[others & (cats == cats[i])], axis=0) \
+            if (others & (cats == cats[i])).any() else np.zeros_like(gt[i])
+        other = np.logical_or.reduce(gt[others & (cats != cats[i])], axis=0) \
+            if (others & (cats != cats[i])).any() else np.zeros_like(gt[i])
+        spill = pred[i] & ~gt[i]
+        out["intersection"][i] = (pred[i] & gt[i]).sum()
+        out["area"][i] = gt[i].sum()
+        out["missed"][i] = (gt[i] & ~pred[i]).sum()
+        out["spill_same_class"][i] = (spill & same).sum()
+        out["spill_other_class"][i] = (spill & other & ~same).sum()
+        out["spill_background"][i] = (spill & ~same & ~other).sum()
+    union = out["area"] + out["spill_same_class"] + out["spill_background"]
+    out["iou_without_other_class_spill"] = np.divide(
+        out["intersection"], union, out=np.zeros(n), where=union > 0)
+    return out
+
+
 def predict_prompted(predictor: PromptedSam, embeddings, kind: str, boxes, points,
                      class_ids=None) -> tuple[np.ndarray, np.ndarray]:
     """Masks ``(N, H, W)`` and predicted IoUs for one prompt kind (§4.1's prompt sets).
