@@ -107,7 +107,7 @@ def test_resume_with_other_settings_is_refused(synth_dir, tmp_path):
     _run(synth_dir, tmp_path, teachers=("box",))  # the original settings still resume
 
 
-def test_class_path_takes_its_own_lr_factor():
+def test_class_path_new_layers_take_their_own_lr_factor():
     from pseudolabel.models.sam import build_sam
     from pseudolabel.teacher.model import build_teacher, on_shared_encoder, trainable
     from pseudolabel.teacher.train import lr_at, param_groups
@@ -116,9 +116,12 @@ def test_class_path_takes_its_own_lr_factor():
     aware = trainable(build_teacher(on_shared_encoder(base), True, torch.randn(3, 32)))
     cfg = FinetuneConfig(steps=10, lr=1e-4, class_lr_factor=30.0)
     rest, path = param_groups(aware, cfg)
-    class_ids = {id(p) for p in aware.class_encoder.parameters() if p.requires_grad}
-    assert {id(p) for p in path["params"]} == class_ids  # G_zero, text_proj, prompt copy
-    assert not class_ids & {id(p) for p in rest["params"]}
+    enc = aware.class_encoder
+    new_ids = {id(p) for m in (enc.text_proj, enc.g_zero) for p in m.parameters()}
+    assert {id(p) for p in path["params"]} == new_ids  # G_zero and text_proj only
+    copy_ids = {id(p) for p in enc.trainable.parameters()}
+    assert copy_ids <= {id(p) for p in rest["params"]}  # the prompt copy trains at the lr
+    assert not new_ids & {id(p) for p in rest["params"]}
     assert path["lr_factor"] * lr_at(0, cfg) == pytest.approx(3e-3)
     plain = trainable(build_teacher(on_shared_encoder(base), False))
     assert len(param_groups(plain, cfg)) == 1  # no class path, one group
