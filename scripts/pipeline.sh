@@ -8,7 +8,9 @@
 # CONFIG: configs/synthetic.yaml or configs/coco.yaml (checked first: every missing data file
 # or checkpoint is listed and nothing runs). FRACTION 0 uses the zero-shot teachers.
 # FULL_RUN (environment, default RUN_DIR) is where the fully supervised student is trained
-# once and shared by several fractions. NPROC (default: the number of visible GPUs, 1 without
+# once and shared by several fractions; FULL_RUN=none skips it (another process trains it:
+# `make -j synthetic-table2` runs it beside the columns). TEACHER_ARGS adds flags to
+# teacher-finetune (e.g. --steps for a smoke run). NPROC (default: the number of visible GPUs, 1 without
 # one) runs the model stages under torchrun --nproc_per_node NPROC; STUDENT (mask2former, the
 # default, or condinst) picks the student and STUDENT_ARGS adds flags to every train-student. Every stage resumes, so re-running
 # the same command after an interruption continues.
@@ -37,11 +39,13 @@ fi
 echo "== check: every file $CONFIG names"
 $PL check-config --config "$CONFIG"
 
-echo; echo "== fully supervised student (the 100% row)"
-$RUNNER train-student --full --config "$CONFIG" --run-dir "$FULL_RUN" $STUDENT_ARGS
-if [ "$FULL_RUN" != "$RUN" ]; then
-  mkdir -p "$RUN/student/full-$STUDENT"
-  cp "$FULL_RUN/student/full-$STUDENT/metrics.json" "$RUN/student/full-$STUDENT/"
+if [ "$FULL_RUN" != "none" ]; then
+  echo; echo "== fully supervised student (the 100% row)"
+  $RUNNER train-student --full --config "$CONFIG" --run-dir "$FULL_RUN" $STUDENT_ARGS
+  if [ "$FULL_RUN" != "$RUN" ]; then
+    mkdir -p "$RUN/student/full-$STUDENT"
+    cp "$FULL_RUN/student/full-$STUDENT/metrics.json" "$RUN/student/full-$STUDENT/"
+  fi
 fi
 
 ZERO=()
@@ -49,7 +53,8 @@ if [ "$FRACTION" = "0" ]; then
   ZERO=(--zero-shot)
 else
   echo; echo "== teachers on the fully labelled $FRACTION"
-  $RUNNER teacher-finetune --fraction "$FRACTION" --config "$CONFIG" --run-dir "$RUN"
+  $RUNNER teacher-finetune --fraction "$FRACTION" --config "$CONFIG" --run-dir "$RUN" \
+    ${TEACHER_ARGS:-}
 fi
 
 echo; echo "== weak labels of every setting"

@@ -3,7 +3,9 @@
     python scripts/table2.py runs/table2 --student condinst --out runs/table2/table2
 
 reads ``<root>/<N>pct/`` (written by ``scripts/pipeline.sh``): each setting's pseudo-mask
-quality (``eval/pseudo_<W>.json``) and student metrics (``student/*/metrics.json``), and
+quality (``eval/pseudo_<W>.json``) and student metrics (``student/*/metrics.json``), the
+fully supervised student from a column or from ``<root>/full/`` (``make synthetic-table2``
+trains it there, beside the columns), and
 writes ``table2.md`` and ``table2.json``: per fraction and weak setting, pseudo-mask mIoU,
 student mask AP and boundary AP, AP as a percentage of the fully supervised student, and the
 labelling hours of the setting at COCO's per-image costs (seed 001 Table 1) for this many
@@ -38,17 +40,26 @@ def collect(root: Path, student_name: str = "mask2former") -> dict:
             pseudo = _read(run / "eval" / f"pseudo_{weak}.json")
             if student is None and pseudo is None:
                 continue
-            n_images = len(load_coco(student["train"]).images) if student else None
-            rows.append({
-                "fraction": fraction, "weak": weak,
-                "pseudo_mIoU": pseudo["mIoU"] if pseudo else None,
-                "AP": student["segm"]["AP"] if student else None,
-                "boundary_AP": student["boundary"]["AP"] if student else None,
-                "percent_of_full": student.get("AP_percent_of_full") if student else None,
-                "hours": labelling_cost("coco", weak, fraction, n_images)["hours"]
-                if n_images else None,
-            })
-    return {"student": student_name, "rows": rows, "full": full}
+            rows.append((fraction, weak, student, pseudo))
+    full = full or _read(root / "full" / "student" / f"full-{student_name}" / "metrics.json")
+    table = []
+    for fraction, weak, student, pseudo in rows:
+        percent = None
+        if student:  # a column trained beside the full student has no stored percentage
+            percent = student.get("AP_percent_of_full")
+            if percent is None and full and full["segm"]["AP"] > 0:
+                percent = round(100 * student["segm"]["AP"] / full["segm"]["AP"], 2)
+        n_images = len(load_coco(student["train"]).images) if student else None
+        table.append({
+            "fraction": fraction, "weak": weak,
+            "pseudo_mIoU": pseudo["mIoU"] if pseudo else None,
+            "AP": student["segm"]["AP"] if student else None,
+            "boundary_AP": student["boundary"]["AP"] if student else None,
+            "percent_of_full": percent,
+            "hours": labelling_cost("coco", weak, fraction, n_images)["hours"]
+            if n_images else None,
+        })
+    return {"student": student_name, "rows": table, "full": full}
 
 
 def markdown(table: dict) -> str:

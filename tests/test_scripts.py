@@ -54,6 +54,25 @@ def test_table2_collects_runs(synth_dir, tmp_path):
     assert other["full"] is None and [r["AP"] for r in other["rows"]] == [None, None]
 
 
+def test_table2_reads_a_full_student_trained_beside_the_columns(synth_dir, tmp_path):
+    """`make -j synthetic-table2`: the full student in <root>/full, no stored percentage."""
+    import table2
+
+    train = synth_dir / "annotations" / "train.json"
+    student = tmp_path / "10pct" / "student" / "point_class-condinst"
+    full = tmp_path / "full" / "student" / "full-condinst"
+    student.mkdir(parents=True)
+    full.mkdir(parents=True)
+    (student / "metrics.json").write_text(json.dumps(
+        {"train": str(train), "segm": {"AP": 6.0}, "boundary": {"AP": 2.0}}))
+    (full / "metrics.json").write_text(json.dumps(
+        {"train": str(train), "segm": {"AP": 8.0}, "boundary": {"AP": 4.0}}))
+    table = table2.collect(tmp_path, "condinst")
+    assert table["full"]["segm"]["AP"] == 8.0
+    assert [(r["weak"], r["percent_of_full"]) for r in table["rows"]] == [("point+class", 75.0)]
+    assert table2.collect(tmp_path, "mask2former")["rows"] == []
+
+
 def test_demo_quotes_the_readme_fully_supervised_figure():
     """The demo prints its student's AP beside the README's fully supervised CondInst."""
     import re
