@@ -66,6 +66,10 @@ def _assert_students_close(arch: str, a: dict, b: dict) -> None:
         if not v.is_floating_point():
             assert torch.equal(v, b[k]), k
             continue
+        if k.endswith("k_proj.bias"):  # true gradient 0 (see _assert_teachers_close):
+            # round-off may move it by up to lr per Adam step, either way in either run
+            assert (v - b[k]).abs().max() <= 3 * STUDENT.lr, (arch, k)
+            continue
         step = (v - init[k]).norm()
         if step > 0:
             assert (v - b[k]).norm() <= 0.02 * step + 1e-7, (arch, k)

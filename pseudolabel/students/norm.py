@@ -28,18 +28,21 @@ class AllReduceBatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)
         c = x.shape[1]
         xf = x.float()
-        local = torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)),
-                           xf.new_tensor([x.numel() / c])])
+        # two passes (global mean, then the squared deviations from it), as BatchNorm's own
+        # kernels: E[x^2] - mean^2 in fp32 cancels where |mean| >> std, and its error (~1e-3
+        # of the gradient here) broke the equality of two ranks with one process
+        local = torch.cat([xf.sum((0, 2, 3)), xf.new_tensor([x.numel() / c])])
         total = dist_nn.all_reduce(local)  # sums, and sums the gradients back
         n = total[-1]
         mean = total[:c] / n
-        var = (total[c: 2 * c] / n - mean * mean).clamp_min(0)
+        centred = xf - mean[None, :, None, None]
+        var = dist_nn.all_reduce((centred * centred).sum((0, 2, 3))) / n
         with torch.no_grad():
             m = self.momentum if self.momentum is not None else 0.1
             self.running_mean.mul_(1 - m).add_(m * mean.detach())
             self.running_var.mul_(1 - m).add_(m * var.detach() * n / (n - 1).clamp_min(1))
             self.num_batches_tracked += 1
-        y = (xf - mean[None, :, None, None]) * torch.rsqrt(var + self.eps)[None, :, None, None]
+        y = centred * torch.rsqrt(var + self.eps)[None, :, None, None]
         if self.affine:
             y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
         return y.to(x.dtype)
