@@ -89,8 +89,14 @@ def main() -> None:
     ap.add_argument("--rows", default=None,
                     help="comma-separated row numbers (1-6, the table's order) to run, e.g. "
                          "to split the rows over processes; default: all")
+    ap.add_argument("--only-seed", type=int, action="append", default=None, metavar="S",
+                    help="run only these seeds (repeatable; each < --seeds), e.g. to run "
+                         "one row's seeds in parallel processes; the table then shows them")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
+    seeds = sorted(set(args.only_seed)) if args.only_seed else list(range(args.seeds))
+    if any(not 0 <= s < args.seeds for s in seeds):
+        ap.error(f"--only-seed {args.only_seed}: each seed must be in 0..{args.seeds - 1}")
     numbers = args.rows.split(",") if args.rows else range(1, len(ROWS) + 1)
     if not all(str(i).strip() in {str(n) for n in range(1, len(ROWS) + 1)} for i in numbers):
         ap.error(f"--rows {args.rows!r}: expected row numbers 1-{len(ROWS)}, comma-separated")
@@ -107,7 +113,7 @@ def main() -> None:
     rows = {}
     for label, qam, cp in chosen:
         per_seed = []
-        for seed in range(args.seeds):
+        for seed in seeds:
             out = args.run_dir / f"{qam}-{cp}-seed{seed}"
             scfg = replace(base, seed=seed)
             # progress goes to stderr, so stdout keeps only the table
@@ -130,7 +136,7 @@ def main() -> None:
 
     print(f"hardware: {hardware()}")
     print(f"synthetic default, box+class at 0% masks, tiny CondInst, {args.steps} steps, "
-          f"{args.seeds} seeds, EMA {args.ema} (mean; per seed in brackets)")
+          f"seeds {', '.join(map(str, seeds))}, EMA {args.ema} (mean; per seed in brackets)")
     print(f"{'row':<26}{'mask AP':>20}{'fused mIoU':>12}{'rho(w,IoU)':>12}{'rho(s,IoU)':>12}")
     for label, per_seed in rows.items():
         ap_ = np.mean([r["AP"] for r in per_seed])
