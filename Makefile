@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo synthetic-table2 t2-full t2-0pct t2-1pct t2-10pct coco-10pct coco-1pct clean
+.PHONY: install test lint demo synthetic-table2 t2-data t2-full t2-0pct t2-1pct t2-10pct coco-10pct coco-1pct clean
 
 install: $(STAMP)
 
@@ -32,14 +32,16 @@ demo: $(STAMP)
 T2_STEPS ?= 1500
 T2_ROOT ?= runs/table2
 T2 = FULL_RUN=none STUDENT=condinst STUDENT_ARGS="--steps $(T2_STEPS)" bash scripts/pipeline.sh configs/synthetic.yaml
-t2-full: $(STAMP)
+t2-data: $(STAMP)  # once, before the parallel targets (each would otherwise generate it)
+	$(BIN)/pseudolabel synth --out runs/data/synthetic
+t2-full: t2-data
 	$(BIN)/pseudolabel train-student --full --config configs/synthetic.yaml --student condinst \
 	  --steps $(T2_STEPS) --run-dir $(T2_ROOT)/full
-t2-0pct: $(STAMP)
+t2-0pct: t2-data
 	$(T2) 0 $(T2_ROOT)/0pct
-t2-1pct: $(STAMP)
+t2-1pct: t2-data
 	$(T2) 0.01 $(T2_ROOT)/1pct
-t2-10pct: $(STAMP)
+t2-10pct: t2-data
 	$(T2) 0.1 $(T2_ROOT)/10pct
 synthetic-table2: t2-full t2-0pct t2-1pct t2-10pct
 	$(BIN)/python scripts/table2.py $(T2_ROOT) --student condinst --out $(T2_ROOT)/table2
