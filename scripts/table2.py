@@ -21,6 +21,7 @@ from pathlib import Path
 
 from pseudolabel.data.coco import load_coco
 from pseudolabel.stages.cost import labelling_cost
+from pseudolabel.stages.train_student import percent_of_full
 
 SETTINGS = ("none", "class", "point+class", "box+class")
 
@@ -30,36 +31,35 @@ def _read(path: Path) -> dict | None:
 
 
 def collect(root: Path, student_name: str = "mask2former") -> dict:
-    rows, full = [], None
-    for run in sorted(root.glob("*pct"), key=lambda p: float(re.sub(r"pct$", "", p.name))):
+    runs = sorted(root.glob("*pct"), key=lambda p: float(re.sub(r"pct$", "", p.name)))
+    # the full student: copied into a column by pipeline.sh, or in <root>/full when
+    # `make -j synthetic-table2` trains it beside the columns
+    fulls = (_read(p / "student" / f"full-{student_name}" / "metrics.json")
+             for p in [*runs, root / "full"])
+    full = next((m for m in fulls if m), None)
+    rows = []
+    for run in runs:
         fraction = float(run.name[:-3]) / 100
-        full = full or _read(run / "student" / f"full-{student_name}" / "metrics.json")
         for weak in SETTINGS:
             student = _read(run / "student" / f"{weak.replace('+', '_')}-{student_name}"
                             / "metrics.json")
             pseudo = _read(run / "eval" / f"pseudo_{weak}.json")
             if student is None and pseudo is None:
                 continue
-            rows.append((fraction, weak, student, pseudo))
-    full = full or _read(root / "full" / "student" / f"full-{student_name}" / "metrics.json")
-    table = []
-    for fraction, weak, student, pseudo in rows:
-        percent = None
-        if student:  # a column trained beside the full student has no stored percentage
-            percent = student.get("AP_percent_of_full")
-            if percent is None and full and full["segm"]["AP"] > 0:
-                percent = round(100 * student["segm"]["AP"] / full["segm"]["AP"], 2)
-        n_images = len(load_coco(student["train"]).images) if student else None
-        table.append({
-            "fraction": fraction, "weak": weak,
-            "pseudo_mIoU": pseudo["mIoU"] if pseudo else None,
-            "AP": student["segm"]["AP"] if student else None,
-            "boundary_AP": student["boundary"]["AP"] if student else None,
-            "percent_of_full": percent,
-            "hours": labelling_cost("coco", weak, fraction, n_images)["hours"]
-            if n_images else None,
-        })
-    return {"student": student_name, "rows": table, "full": full}
+            percent = student.get("AP_percent_of_full") if student else None
+            if student and percent is None and full:  # trained beside the full student
+                percent = percent_of_full(student["segm"]["AP"], full["segm"]["AP"])
+            n_images = len(load_coco(student["train"]).images) if student else None
+            rows.append({
+                "fraction": fraction, "weak": weak,
+                "pseudo_mIoU": pseudo["mIoU"] if pseudo else None,
+                "AP": student["segm"]["AP"] if student else None,
+                "boundary_AP": student["boundary"]["AP"] if student else None,
+                "percent_of_full": percent,
+                "hours": labelling_cost("coco", weak, fraction, n_images)["hours"]
+                if n_images else None,
+            })
+    return {"student": student_name, "rows": rows, "full": full}
 
 
 def markdown(table: dict) -> str:
