@@ -32,7 +32,11 @@ demo: $(STAMP)
 T2_STEPS ?= 1500
 T2_ROOT ?= runs/table2
 T2 = FULL_RUN=none STUDENT=condinst STUDENT_ARGS="--steps $(T2_STEPS)" bash scripts/pipeline.sh configs/synthetic.yaml
-t2-data: $(STAMP)  # once, before the parallel targets (each would otherwise generate it)
+# The world is written once, before the parallel targets (each would otherwise generate it);
+# val.json is its last file, so its presence means a complete world.
+T2_WORLD = runs/data/synthetic/annotations/val.json
+t2-data: $(T2_WORLD)
+$(T2_WORLD): | $(STAMP)
 	$(BIN)/pseudolabel synth --out runs/data/synthetic
 t2-full: t2-data
 	$(BIN)/pseudolabel train-student --full --config configs/synthetic.yaml --student condinst \

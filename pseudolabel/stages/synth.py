@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +61,12 @@ def write_split(out: Path, split: str, n: int, cfg: SynthConfig, progress: bool 
         scene = render_scene(h, w, style, rng)
         image_id = i + 1
         file_name = f"{split}/{image_id:06d}.png"
-        Image.fromarray(scene.image).save(out / "images" / file_name)
+        # Temp file + rename: a process reading the world while it is rewritten (same bytes)
+        # never sees half an image.
+        path = out / "images" / file_name
+        tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
+        Image.fromarray(scene.image).save(tmp)
+        os.replace(tmp, path)
         images.append({"id": image_id, "file_name": file_name, "height": h, "width": w})
         masks = (np.stack([o.mask for o in scene.objects]) if scene.objects
                  else np.zeros((0, h, w), bool))

@@ -26,6 +26,11 @@ def test_same_seed_byte_identical_other_seed_differs(tmp_path):
     synthesize(tmp_path / "c", SynthConfig(train=6, val=2, seed=12, size=64), progress=False)
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
     assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
+    # Rewriting a world in place (make's t2-data beside a running job) changes no byte and
+    # leaves no temp file behind.
+    synthesize(tmp_path / "a", cfg, progress=False)
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    assert not [p for p in (tmp_path / "a").rglob("*") if p.name.startswith(".")]
 
 
 def test_files_are_valid_coco_matching_images(synth_dir):
