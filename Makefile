@@ -29,7 +29,7 @@ demo: $(STAMP)
 # Long (a teacher set, one generate pass and five students per fraction); every stage resumes.
 # The fully supervised student and the three columns are independent targets, so
 # `OMP_NUM_THREADS=1 make -j4 synthetic-table2` runs them side by side (one thread each).
-T2_STEPS ?= 1500
+T2_STEPS ?= 600
 T2_ROOT ?= runs/table2
 T2 = FULL_RUN=none STUDENT=condinst STUDENT_ARGS="--steps $(T2_STEPS)" bash scripts/pipeline.sh configs/synthetic.yaml
 # The world is written once, before the parallel targets (each would otherwise generate it);

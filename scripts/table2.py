@@ -59,7 +59,11 @@ def collect(root: Path, student_name: str = "mask2former") -> dict:
                 "hours": labelling_cost("coco", weak, fraction, n_images)["hours"]
                 if n_images else None,
             })
-    return {"student": student_name, "rows": rows, "full": full}
+    full_hours = None  # masks on every image the full student trained on
+    if full:
+        n = len(load_coco(full["train"]).images)
+        full_hours = labelling_cost("coco", "none", 1.0, n)["full_mask_hours"]
+    return {"student": student_name, "rows": rows, "full": full, "full_hours": full_hours}
 
 
 def markdown(table: dict) -> str:
@@ -74,7 +78,8 @@ def markdown(table: dict) -> str:
                      f"{f(r['percent_of_full'], '.1f')} | {f(r['hours'], ',.1f')} |")
     if table["full"]:
         lines.append(f"| 100% | masks | – | {table['full']['segm']['AP']:.1f} | "
-                     f"{table['full']['boundary']['AP']:.1f} | 100 | – |")
+                     f"{table['full']['boundary']['AP']:.1f} | 100 | "
+                     f"{f(table.get('full_hours'), ',.1f')} |")
     return "\n".join(lines) + "\n"
 
 
