@@ -11,9 +11,10 @@
 # once and shared by several fractions; FULL_RUN=none skips it (another process trains it:
 # `make -j synthetic-table2` runs it beside the columns). TEACHER_ARGS adds flags to
 # teacher-finetune (e.g. --steps for a smoke run). NPROC (default: the number of visible
-# GPUs, 1 without one) runs the model stages under torchrun --nproc_per_node NPROC; STUDENT (mask2former, the
-# default, or condinst) picks the student and STUDENT_ARGS adds flags to every train-student. Every stage resumes, so re-running
-# the same command after an interruption continues.
+# GPUs, 1 without one) runs the model stages under torchrun --nproc_per_node NPROC;
+# STUDENT (mask2former, the default, or condinst) picks the student and STUDENT_ARGS adds
+# flags to every train-student. Every stage resumes, so re-running the same command after an
+# interruption continues.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -lt 3 ]; then
