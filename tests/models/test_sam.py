@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pseudolabel.models.class_aware import ClassAwarePromptEncoder
-from pseudolabel.models.predictor import PromptedSam, pixel_centre_to_sam
+from pseudolabel.models.predictor import PromptedSam, ZoomSpec, pixel_centre_to_sam
 from pseudolabel.models.sam import SAM_MODELS, build_sam
 
 
@@ -219,3 +219,52 @@ def test_offline_message_names_file_and_flag(tmp_path, monkeypatch):
     assert "sam_vit_b_01ec64.pth" in msg and "--sam-checkpoint" in msg and str(tmp_path) in msg
     with pytest.raises(ValueError, match="nothere.pth: SAM checkpoint not found"):
         build_sam("vit_h", checkpoint=tmp_path / "nothere.pth")
+
+
+def test_zoom_windows_scale_with_the_box_and_stay_in_the_image():
+    zoom = ZoomSpec(context=3.0, min_side=0.25)
+    w = zoom.windows(np.array([[70.0, 40.0, 90.0, 50.0],   # 20 x 10 box: a 60-px square
+                               [10.0, 10.0, 12.0, 12.0],   # tiny box: min side 0.25 x 160
+                               [150.0, 2.0, 159.0, 9.0]]), (120, 160))
+    assert w[0].tolist() == [50, 15, 110, 75]
+    assert w[1].tolist() == [0, 0, 31, 31]
+    assert w[2].tolist() == [134, 0, 160, 26]  # clipped at the right and top edges
+    assert not ZoomSpec().on and ZoomSpec(3.0).on
+    with pytest.raises(ValueError, match="zoom"):
+        ZoomSpec(-1.0)
+    with pytest.raises(ValueError, match="zoom"):
+        ZoomSpec(3.0, min_side=0.0)
+
+
+def test_zoom_on_the_whole_image_decodes_as_the_plain_path(tiny):
+    """A crop that is the whole image (an image of the encoder's input size) is the plain
+    decode: same masks, IoU predictions and stability, in the image's frame."""
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 255, (160, 160, 3), dtype=np.uint8)
+    boxes = np.array([[20.0, 30.0, 90.0, 100.0], [60.0, 10.0, 150.0, 70.0]])
+    points = np.array([[50.0, 60.0], [100.0, 40.0]])
+    plain = tiny.decode(tiny.encode([image]), boxes_xyxy=boxes, points_xy=points,
+                        multimask=True, best_only=True, stability_offset=1.0)
+    zoomed = tiny.decode_zoomed(image, ZoomSpec(context=10.0), boxes_xyxy=boxes,
+                                points_xy=points, multimask=True, best_only=True,
+                                stability_offset=1.0)
+    torch.testing.assert_close(zoomed.iou_predictions, plain.iou_predictions, atol=1e-5,
+                               rtol=1e-4)
+    torch.testing.assert_close(zoomed.stability, plain.stability, atol=1e-4, rtol=1e-4)
+    assert (zoomed.masks != plain.masks).float().mean() < 1e-3
+
+
+def test_zoomed_masks_stay_in_their_crop(tiny):
+    rng = np.random.default_rng(4)
+    image = rng.integers(0, 255, (120, 150, 3), dtype=np.uint8)
+    boxes = np.array([[10.0, 10.0, 20.0, 24.0], [100.0, 80.0, 130.0, 100.0],
+                      [60.0, 0.0, 66.0, 5.0]])
+    zoom = ZoomSpec(context=2.0, min_side=0.2)
+    out = tiny.decode_zoomed(image, zoom, boxes_xyxy=boxes, multimask=True)
+    assert out.masks.shape == (3, 3, 120, 150) and out.iou_predictions.shape == (3, 3)
+    for (x0, y0, x1, y1), m in zip(zoom.windows(boxes, (120, 150)), out.masks, strict=True):
+        inside = torch.zeros(120, 150, dtype=torch.bool)
+        inside[y0:y1, x0:x1] = True
+        assert not (m & ~inside).any()
+    empty = tiny.decode_zoomed(image, zoom, boxes_xyxy=np.zeros((0, 4)), best_only=True)
+    assert empty.masks.shape == (0, 1, 120, 150)
