@@ -38,6 +38,12 @@ PrecisionOpt = Annotated[str | None, typer.Option(
     help="Precision of model forwards: fp32, bf16 or fp16 (autocast; thresholds, IoUs and "
     "loss reductions stay fp32; fp16 training uses a gradient scaler). Default: the "
     "config's runtime.precision, else fp32.")]
+ZoomOpt = Annotated[float | None, typer.Option(
+    help="Decode every box prompt (generate: box+class, none, class and BP-SAM's refined "
+    "boxes; evaluate: box, box+point) on a crop this many times the box's longer side, "
+    "resized to SAM's input; 0 decodes on the whole image as seed 001. One encoder pass "
+    "per box. Default: the config's generate.zoom_context (3 in the synthetic default, 0 "
+    "otherwise).")]
 SamRefinerOpt = Annotated[bool, typer.Option(
     "--samrefiner", help="Refine every pseudo-mask with SAMRefiner (seed 002: point, "
     "elastic box and Gaussian mask prompts mined from it).")]
@@ -165,6 +171,7 @@ def evaluate(
     prompts: Annotated[str, typer.Option(help="Prompt kinds for --teacher, comma-separated: "
                                          "box, point, box+point.")] = "box,point,box+point",
     sam_model: SamModelOpt = None,
+    zoom_context: ZoomOpt = None,
     max_images: Annotated[int | None, typer.Option(help="Score only the first N images.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json",
                                                   help="Write the figures as JSON.")] = None,
@@ -191,8 +198,8 @@ def evaluate(
         images = images if images is not None else (data.images if data else None)
         if teacher is not None:
             _evaluate_teacher(teacher, sam_model or cfg.models.sam, gt, images, prompts,
-                              max_images, json_out,
-                              _runtime(device, precision, cfg))
+                              max_images, json_out, _runtime(device, precision, cfg),
+                              cfg.generate.zoom(zoom_context))
         elif detector is not None:
             _evaluate_detector(detector, gt, images, max_images, json_out,
                                _runtime(device, precision, cfg))
@@ -203,18 +210,22 @@ def evaluate(
 
 
 def _evaluate_teacher(teacher, sam_model, gt, images, prompts, max_images, json_out,
-                      runtime) -> None:
+                      runtime, zoom) -> None:
     from pseudolabel.stages.model_eval import evaluate_run_teachers, evaluate_teacher
 
+    if zoom.on:
+        typer.echo(f"box prompts zoomed (context {zoom.context:g}, min side "
+                   f"{zoom.min_side:g}); --zoom-context 0 scores them on the whole image")
     if Path(teacher).is_dir():
-        result = evaluate_run_teachers(teacher, gt, images, max_images, runtime=runtime)
+        result = evaluate_run_teachers(teacher, gt, images, max_images, runtime=runtime,
+                                       zoom=zoom)
         for name, row in result["mIoU"].items():
             typer.echo(f"{name:<14}" + "  ".join(f"{k} {v:.3f}" for k, v in row.items()))
         _print_json(result, json_out)
         return
     kinds = tuple(p.strip() for p in prompts.split(",") if p.strip())
     result = evaluate_teacher(teacher, sam_model, gt, images, kinds, max_images,
-                              runtime=runtime)
+                              runtime=runtime, zoom=zoom)
     for kind, r in result["mIoU"].items():
         typer.echo(f"{kind:<10} mIoU {r['mIoU']:.3f}  ({r['num_instances']} instances)")
     _print_json(result, json_out)
@@ -394,6 +405,7 @@ def generate(
     zero_shot: Annotated[bool, typer.Option(
         "--zero-shot", help="Prompt the base SAM instead of the fine-tuned teachers.")] = False,
     samrefiner: SamRefinerOpt = False,
+    zoom_context: ZoomOpt = None,
     shard: Annotated[str | None, typer.Option(
         help="i/n: do only shard i of n (a job array); merge with pseudolabel merge.")] = None,
     part_size: Annotated[int, typer.Option(help="Images per part written to disk.")] = 16,
@@ -434,7 +446,7 @@ def generate(
         opts = GenerateOptions(weak or "", refine=refine, zero_shot=zero_shot,
                                samrefiner=samrefiner, part_size=part_size, workers=workers,
                                encode_batch=encode_batch, detect_batch=detect_batch,
-                               retry_failed=retry_failed)
+                               retry_failed=retry_failed, zoom=cfg.generate.zoom(zoom_context))
         data, jobs, teachers, detector, dsha = _generate_setup(
             cfg, weak, weak_file, run_dir, out, opts, cfg_rt)
         part = (cfg_rt.rank, cfg_rt.world_size) if cfg_rt.distributed else (parsed or (0, 1))
@@ -473,6 +485,7 @@ def merge(
     zero_shot: Annotated[bool, typer.Option("--zero-shot", help="As given to generate.")] = False,
     samrefiner: Annotated[bool, typer.Option("--samrefiner", help="As given to generate.")
                           ] = False,
+    zoom_context: Annotated[float | None, typer.Option(help="As given to generate.")] = None,
     part_size: Annotated[int, typer.Option(help="As given to generate.")] = 16,
     detect_batch: Annotated[int, typer.Option(help="As given to generate.")] = 1,
     config: ConfigOpt = None,
@@ -485,10 +498,11 @@ def merge(
     from pseudolabel.stages.generate import GenerateOptions, generate_many
 
     try:
+        cfg = _config(config)
         opts = GenerateOptions(weak or "", refine=refine, zero_shot=zero_shot,
                                samrefiner=samrefiner, part_size=part_size,
-                               detect_batch=detect_batch)
-        data, jobs, teachers, _, dsha = _generate_setup(_config(config), weak, weak_file,
+                               detect_batch=detect_batch, zoom=cfg.generate.zoom(zoom_context))
+        data, jobs, teachers, _, dsha = _generate_setup(cfg, weak, weak_file,
                                                         run_dir, out, opts, CPU, weights=False)
         summaries = generate_many(jobs, data.images, teachers, None, detector_sha=dsha,
                                   merge=True, progress=False, only_merge=True)

@@ -67,6 +67,25 @@ class TeacherTraining:
 
 
 @dataclass
+class Generation:
+    """Pseudo-mask generation. ``zoom_context`` > 0 decodes box prompts on zoomed crops
+    (``ZoomSpec``: ours, not seed 001's, whose ViT-H sees COCO's objects at 1024 px); off
+    unless a config turns it on, on (3.0) in the synthetic default, where the tiny SAM's
+    160-px input leaves a median object 2 x 2 patches (README "Zoomed box prompts")."""
+
+    zoom_context: float = 0.0
+    zoom_min_side: float = 0.3
+
+    def zoom(self, context: float | None = None):
+        from pseudolabel.models.predictor import ZoomSpec
+
+        return ZoomSpec(self.zoom_context if context is None else context, self.zoom_min_side)
+
+
+SYNTHETIC_GENERATION = Generation(zoom_context=3.0)
+
+
+@dataclass
 class Config:
     data: DataPaths
     run_dir: Path
@@ -74,6 +93,7 @@ class Config:
     models: Models = field(default_factory=Models)
     teacher: TeacherTraining = field(default_factory=TeacherTraining)
     raw: dict = field(default_factory=dict)
+    generate: Generation = field(default_factory=Generation)
 
     @property
     def runtime(self) -> dict:
@@ -94,7 +114,8 @@ def synthetic_paths(root: Path) -> DataPaths:
 def load_config(path: str | Path | None) -> Config:
     """Read a YAML config, or the synthetic default when ``path`` is None."""
     if path is None:
-        return Config(synthetic_paths(DEFAULT_DATA_DIR), DEFAULT_RUN_DIR, SynthConfig())
+        return Config(synthetic_paths(DEFAULT_DATA_DIR), DEFAULT_RUN_DIR, SynthConfig(),
+                      generate=SYNTHETIC_GENERATION)
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: config file not found")
@@ -108,20 +129,21 @@ def load_config(path: str | Path | None) -> Config:
     from pseudolabel.stages.train_student import StudentConfig
 
     check_config(raw, path, models=Models, teacher=TeacherTraining, student=StudentConfig,
-                 synth=SynthConfig)
+                 synth=SynthConfig, generate=Generation)
     data = raw.get("data") or {}
     run_dir = Path(raw.get("run_dir", DEFAULT_RUN_DIR))
     models = Models(**(raw.get("models") or {}))
     teacher = TeacherTraining(**(raw.get("teacher") or {}))
+    gen = Generation(**(raw.get("generate") or {}))
     if "synthetic" in data:
         synth = SynthConfig(**data["synthetic"].get("params", {}))
         return Config(synthetic_paths(Path(data["synthetic"]["root"])), run_dir, synth, models,
-                      teacher, raw)
+                      teacher, raw, gen)
     missing = [k for k in ("train", "val", "images") if k not in data]
     if missing:
         raise ValueError(f"{path}: 'data' needs keys {missing} (annotation files and image root)")
     return Config(DataPaths(Path(data["train"]), Path(data["val"]), Path(data["images"])),
-                  run_dir, None, models, teacher, raw)
+                  run_dir, None, models, teacher, raw, gen)
 
 
 def check_paths(cfg: Config) -> list[str]:

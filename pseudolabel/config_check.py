@@ -13,7 +13,7 @@ import types
 import typing
 from pathlib import Path
 
-TOP_LEVEL = ("data", "run_dir", "runtime", "models", "teacher", "student")
+TOP_LEVEL = ("data", "run_dir", "runtime", "models", "teacher", "student", "generate")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 # Range rules by key name (the same name means the same thing in every section).
@@ -21,8 +21,8 @@ POSITIVE_INT = {"steps", "batch", "num_points", "size", "save_every", "eval_batc
                 "num_queries", "decoder_layers"}
 NON_NEGATIVE_INT = {"seed", "train", "val"}
 POSITIVE_FLOAT = {"lr", "clip_norm", "poly_power", "scale_min", "scale_max"}
-NON_NEGATIVE_FLOAT = {"lr_final", "weight_decay", "backbone_lr_factor"}
-UNIT_INTERVAL = {"drop_at"}  # (0, 1]
+NON_NEGATIVE_FLOAT = {"lr_final", "weight_decay", "backbone_lr_factor", "zoom_context"}
+UNIT_INTERVAL = {"drop_at", "zoom_min_side"}  # (0, 1]
 CHOICES = {"arch": ("mask2former", "condinst"), "precision": PRECISIONS,
            "style": ("target", "source")}
 
@@ -90,7 +90,7 @@ def check_section(path, section: str, values, cls) -> None:
         _range(path, key, name, value)
 
 
-def check_config(raw: dict, path, *, models, teacher, student, synth) -> None:
+def check_config(raw: dict, path, *, models, teacher, student, synth, generate) -> None:
     """Every key and value of a parsed config (``models`` ... ``synth``: the dataclasses of
     its sections)."""
     for name in raw:
@@ -101,6 +101,7 @@ def check_config(raw: dict, path, *, models, teacher, student, synth) -> None:
     check_section(path, "models", raw.get("models"), models)
     check_section(path, "teacher", raw.get("teacher"), teacher)
     check_section(path, "student", raw.get("student"), student)
+    check_section(path, "generate", raw.get("generate"), generate)
     s = raw.get("student") or {}
     if isinstance(s.get("scale_min"), (int, float)) and isinstance(s.get("scale_max"),
                                                                     (int, float)):

@@ -26,7 +26,12 @@ import numpy as np
 
 from pseudolabel.data.masks import mask_to_rle, masks_to_boxes_xyxy, xywh_to_xyxy, xyxy_to_xywh
 from pseudolabel.models.grounding_dino import filter_detections
-from pseudolabel.models.predictor import ImageEmbeddings, PromptedSam, pixel_centre_to_sam
+from pseudolabel.models.predictor import (
+    ImageEmbeddings,
+    PromptedSam,
+    ZoomSpec,
+    pixel_centre_to_sam,
+)
 from pseudolabel.refine import merge_prompt_boxes
 from pseudolabel.samrefiner import refine_masks
 
@@ -112,17 +117,26 @@ class Proposal:
 
 
 def _decode(teachers: Teachers, name: str, emb: ImageEmbeddings, props: list[Proposal],
-            boxes: np.ndarray | None, points: np.ndarray | None):
+            boxes: np.ndarray | None, points: np.ndarray | None,
+            image: np.ndarray | None = None, zoom: ZoomSpec | None = None):
     """Best mask, predicted IoU and stability of each prompt for teacher ``name``, on the
-    host (one transfer for the image's prompts)."""
+    host (one transfer for the image's prompts). With ``zoom`` on, box prompts are decoded on
+    zoomed crops of ``image`` (the decoded frame's pixels)."""
     model = teachers.models[name]
     classes = ([teachers.rows[p.category_id] for p in props] if teachers.class_aware[name]
                else None)
     multimask = points is not None and boxes is None  # one point is ambiguous
-    out = model.decode(emb, boxes_xyxy=boxes,
-                       points_xy=None if points is None else pixel_centre_to_sam(points),
-                       class_ids=classes, multimask=multimask, best_only=True,
-                       stability_offset=STABILITY_OFFSET).cpu()
+    sam_points = None if points is None else pixel_centre_to_sam(points)
+    if zoom is not None and zoom.on and boxes is not None:
+        if image is None:
+            raise ValueError("zoomed decoding needs the image's pixels")
+        out = model.decode_zoomed(image, zoom, boxes_xyxy=boxes, points_xy=sam_points,
+                                  class_ids=classes, multimask=multimask, best_only=True,
+                                  stability_offset=STABILITY_OFFSET)
+    else:
+        out = model.decode(emb, boxes_xyxy=boxes, points_xy=sam_points, class_ids=classes,
+                           multimask=multimask, best_only=True,
+                           stability_offset=STABILITY_OFFSET).cpu()
     return (out.masks[:, 0].numpy(), out.iou_predictions[:, 0].numpy(),
             out.stability[:, 0].numpy())
 
@@ -186,7 +200,9 @@ def to_record_frame(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def image_pseudo_masks(setting: str, teachers: Teachers, emb: ImageEmbeddings,
                        weak_anns: list[dict], tags: list[int] | None, detection,
                        refine: bool = True, samrefiner: bool = False,
-                       record_size: tuple[int, int] | None = None) -> tuple[list[dict], int]:
+                       record_size: tuple[int, int] | None = None,
+                       image: np.ndarray | None = None, zoom: ZoomSpec | None = None
+                       ) -> tuple[list[dict], int]:
     """Pseudo-annotations (no ids) of one weakly labelled image of kind ``setting``, and how
     many prompts gave an empty mask (dropped).
 
@@ -197,6 +213,9 @@ def image_pseudo_masks(setting: str, teachers: Teachers, emb: ImageEmbeddings,
     ``samrefiner`` refines the final masks with SAMRefiner (seed 002: point + elastic box +
     Gaussian mask prompts mined from each mask, decoded in one batch from the same image
     embedding, without class prompts); the quality record keeps its predicted IoU.
+    ``zoom`` (on) decodes the box-carrying prompts (``box``, ``box-cls`` and BP-SAM's box +
+    point) on zoomed crops of ``image``, the decoded frame's pixels; P-SAM's lone points
+    have no box to crop around and use the whole image.
     """
     decoded = emb.original_sizes[0]
     record_size = tuple(record_size or decoded)
@@ -206,7 +225,8 @@ def image_pseudo_masks(setting: str, teachers: Teachers, emb: ImageEmbeddings,
         return [], 0
     boxes = np.stack([p.box for p in props]) if props[0].box is not None else None
     points = np.stack([p.point for p in props]) if props[0].point is not None else None
-    masks, iou, stability = _decode(teachers, name, emb, props, boxes, points)
+    masks, iou, stability = _decode(teachers, name, emb, props, boxes, points, image,
+                                     zoom)
     if setting == "point+class" and refine:
         sam_boxes = masks_to_boxes_xyxy(masks).astype(np.float64)
         empty = ~masks.reshape(len(masks), -1).any(1)
@@ -218,7 +238,8 @@ def image_pseudo_masks(setting: str, teachers: Teachers, emb: ImageEmbeddings,
             p.box = b
             p.weak["refined_box"] = _record_box(b, scale)
         name, prompt = "boxpoint-cls", "box+point"
-        masks, iou, stability = _decode(teachers, name, emb, props, merged, points)
+        masks, iou, stability = _decode(teachers, name, emb, props, merged, points,
+                                         image, zoom)
     refined_iou = [None] * len(props)
     if samrefiner:
         r = refine_masks(teachers.encoder, emb, masks)

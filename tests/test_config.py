@@ -12,6 +12,7 @@ def test_default_is_the_synthetic_world_and_configs_file_matches():
     spelled = load_config(REPO / "configs" / "synthetic.yaml")
     assert default.synthetic == spelled.synthetic and default.data == spelled.data
     assert default.run_dir == spelled.run_dir and default.models == spelled.models
+    assert default.generate == spelled.generate and default.generate.zoom().context == 3.0
 
 
 def test_real_data_config(tmp_path):
@@ -19,6 +20,8 @@ def test_real_data_config(tmp_path):
     path.write_text("data: {train: t.json, val: v.json, images: imgs}\nrun_dir: r\n")
     cfg = load_config(path)
     assert cfg.synthetic is None and cfg.data.images == Path("imgs") and cfg.run_dir == Path("r")
+    assert not cfg.generate.zoom().on  # box prompts on the whole image, as seed 001
+    assert cfg.generate.zoom(2.5).context == 2.5  # --zoom-context overrides
 
 
 @pytest.mark.parametrize("text, message", [
@@ -35,6 +38,9 @@ def test_real_data_config(tmp_path):
     ("runtime: {device: gpu}", "runtime.device: expected auto, cpu, cuda or cuda:N"),
     ("runtime: {precision: fp8}", "runtime.precision: expected one of fp32"),
     ("runtime: {gpus: 2}", "runtime.gpus: unknown key"),
+    ("generate: {zoom_context: -1}", "generate.zoom_context: expected a number >= 0"),
+    ("generate: {zoom_min_side: 0}", "generate.zoom_min_side: expected a number in"),
+    ("generate: {zoom: 3}", "generate.zoom: unknown key"),
     ("data: {synthetic: {root: r, params: {train: -1}}}", "params.train: expected an integer"),
     ("data: {synthetic: {root: r, params: {style: x}}}", "style: expected one of target"),
     ("data: {train: t, val: v, images: i, imgs: j}", "data.imgs: unknown key"),
@@ -55,6 +61,7 @@ def test_coco_config_carries_the_paper_values_and_names_missing_files():
     from pseudolabel.config import check_paths
 
     cfg = load_config(REPO / "configs" / "coco.yaml")
+    assert not cfg.generate.zoom().on
     t = cfg.teacher
     assert (t.steps, t.batch, t.lr, t.lr_final, t.num_points) == (36874, 32, 1e-5, 1e-6, 12544)
     from pseudolabel.teacher.train import FinetuneConfig, lr_at

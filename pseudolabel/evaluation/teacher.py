@@ -19,7 +19,7 @@ from tqdm import tqdm
 from pseudolabel.data.coco import CocoDataset, coco_from_dict
 from pseudolabel.data.images import load_image, resolve_image_path
 from pseudolabel.data.masks import rle_to_mask, xywh_to_xyxy
-from pseudolabel.models.predictor import PromptedSam, pixel_centre_to_sam
+from pseudolabel.models.predictor import PromptedSam, ZoomSpec, pixel_centre_to_sam
 from pseudolabel.stages.weaken import sample_point
 
 PROMPT_KINDS = ("box", "point", "box+point")
@@ -82,14 +82,19 @@ def error_breakdown(pred: np.ndarray, gt: np.ndarray, category_ids) -> dict[str,
 
 
 def predict_prompted(predictor: PromptedSam, embeddings, kind: str, boxes, points,
-                     class_ids=None) -> tuple[np.ndarray, np.ndarray]:
+                     class_ids=None, image: np.ndarray | None = None,
+                     zoom: ZoomSpec | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Masks ``(N, H, W)`` and predicted IoUs for one prompt kind (§4.1's prompt sets).
 
     A single point is ambiguous, so it is decoded multimask and the mask with the highest
-    predicted IoU is kept; boxes (with or without the point) are decoded single-mask.
+    predicted IoU is kept; boxes (with or without the point) are decoded single-mask, on
+    zoomed crops of ``image`` when ``zoom`` is on (as generate decodes them).
     """
     pts = pixel_centre_to_sam(points)
-    if kind == "box":
+    if kind in ("box", "box+point") and zoom is not None and zoom.on:
+        out = predictor.decode_zoomed(image, zoom, boxes_xyxy=boxes, class_ids=class_ids,
+                                      points_xy=pts if kind == "box+point" else None)
+    elif kind == "box":
         out = predictor.decode(embeddings, boxes_xyxy=boxes, class_ids=class_ids)
     elif kind == "point":
         out = predictor.decode(embeddings, points_xy=pts, class_ids=class_ids, multimask=True)
@@ -104,12 +109,13 @@ def predict_prompted(predictor: PromptedSam, embeddings, kind: str, boxes, point
 @torch.no_grad()
 def teacher_miou(predictor: PromptedSam, gt: CocoDataset, image_root: str | Path, *,
                  prompts=PROMPT_KINDS, seed: int = 0, image_ids: list[int] | None = None,
-                 category_rows: dict[int, int] | None = None, progress: bool = True) -> dict:
+                 category_rows: dict[int, int] | None = None, progress: bool = True,
+                 zoom: ZoomSpec | None = None) -> dict:
     """Mean IoU between GT instances and the teacher's mask for a GT-simulated prompt.
 
     ``category_rows`` maps category ids to rows of the predictor's class embeddings (a
-    class-aware teacher); ``None`` prompts without classes. Returns ``{kind: {"mIoU": m,
-    "num_instances": n}}``.
+    class-aware teacher); ``None`` prompts without classes. ``zoom`` decodes the box kinds
+    on zoomed crops. Returns ``{kind: {"mIoU": m, "num_instances": n}}``.
     """
     ids = image_ids if image_ids is not None else [img["id"] for img in gt.images]
     ious: dict[str, list[float]] = {k: [] for k in prompts}
@@ -121,7 +127,7 @@ def teacher_miou(predictor: PromptedSam, gt: CocoDataset, image_root: str | Path
         emb = predictor.encode([image])
         cls = None if category_rows is None else [category_rows[a["category_id"]] for a in anns]
         for kind in prompts:
-            pred, _ = predict_prompted(predictor, emb, kind, boxes, points, cls)
+            pred, _ = predict_prompted(predictor, emb, kind, boxes, points, cls, image, zoom)
             ious[kind].extend(mask_iou(pred, masks).tolist())
     return {k: {"mIoU": float(np.mean(v)) if v else 0.0, "num_instances": len(v)}
             for k, v in ious.items()}

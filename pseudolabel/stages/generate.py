@@ -24,7 +24,7 @@ import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,7 @@ from tqdm import tqdm
 from pseudolabel.data.coco import CocoDataset, CocoStreamWriter, load_coco
 from pseudolabel.data.images import MAX_PIXELS, load_image_bounded, resolve_image_path
 from pseudolabel.lock import StageLock
-from pseudolabel.models.predictor import PromptedSam
+from pseudolabel.models.predictor import PromptedSam, ZoomSpec
 from pseudolabel.pseudo_masks import (
     SETTINGS,
     Teachers,
@@ -146,6 +146,8 @@ class GenerateOptions:
     retry_failed: bool = False  # redo the parts that recorded failed images
     box_threshold: float = 0.3  # seed 001 §4.1 (none, class)
     nms_iou: float = 0.9  # seed 001 §4.1 (none, class)
+    # Box prompts decoded on zoomed crops (ours, off in seed 001; see ZoomSpec).
+    zoom: ZoomSpec = field(default_factory=ZoomSpec)
 
 
 @dataclass
@@ -176,6 +178,8 @@ def _fingerprint(weak_path: Path, opts: GenerateOptions, describe: dict,
                        "refine": opts.refine, "zero_shot": opts.zero_shot,
                        **({"samrefiner": True} if opts.samrefiner else {}),
                        **({"detect_batch": opts.detect_batch} if opts.detect_batch != 1
+                          else {}),
+                       **({"zoom": [opts.zoom.context, opts.zoom.min_side]} if opts.zoom.on
                           else {}),
                        "part_size": opts.part_size, "box_threshold": opts.box_threshold,
                        "nms_iou": opts.nms_iou, "teachers": describe,
@@ -344,7 +348,8 @@ def run_part(part_ids: list[int], jobs: list[Job], images: list, opts: GenerateO
                 anns = [a for a in job.weak.anns_by_image[image_id] if not a.get("iscrowd", 0)]
                 made, n_empty = image_pseudo_masks(
                     kind, teachers, embs[i], anns, tags if kind != "none" else None, det,
-                    opts.refine, opts.samrefiner, (record["height"], record["width"]))
+                    opts.refine, opts.samrefiner, (record["height"], record["width"]),
+                    ok[i][1].pixels, opts.zoom)
                 anns_out += [{"image_id": image_id, **a} for a in made]
                 empty += n_empty
             out.append({"images": part_ids, "annotations": anns_out, "empty_dropped": empty,
@@ -476,6 +481,8 @@ def _manifest(job: Job, teachers: Teachers, detector_sha: str | None) -> dict:
     return {"setting": o.setting, **({"kinds": kinds} if o.setting == MIXED else {}),
             "weak_file": str(job.weak_path), "weak_sha256": file_sha256(job.weak_path),
             "refine": o.refine, "zero_shot": o.zero_shot, "samrefiner": o.samrefiner,
+            "zoom": {"context": o.zoom.context, "min_side": o.zoom.min_side} if o.zoom.on
+            else None,
             "teachers": {n: teachers.describe[n] for n in names if n in teachers.describe},
             "detector_sha256": detector_sha if any(uses_detector(k, o.refine) for k in kinds)
             else None,

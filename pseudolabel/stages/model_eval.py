@@ -8,7 +8,7 @@ from pseudolabel.data.coco import load_coco
 from pseudolabel.evaluation.teacher import PROMPT_KINDS, detector_ap, teacher_miou
 from pseudolabel.models import assets
 from pseudolabel.models.grounding_dino import build_detector
-from pseudolabel.models.predictor import PromptedSam
+from pseudolabel.models.predictor import PromptedSam, ZoomSpec
 from pseudolabel.models.sam import build_sam
 from pseudolabel.runtime import CPU, Runtime
 
@@ -21,8 +21,9 @@ def _image_ids(gt, max_images: int | None) -> list[int]:
 def evaluate_teacher(checkpoint: str, sam_model: str, gt_path: str | Path,
                      image_root: str | Path, prompts: tuple[str, ...] = PROMPT_KINDS,
                      max_images: int | None = None, seed: int = 0,
-                     runtime: Runtime = CPU) -> dict:
-    """mIoU per prompt kind of a (class-agnostic) SAM checkpoint; ``"default"`` = shipped."""
+                     runtime: Runtime = CPU, zoom: ZoomSpec | None = None) -> dict:
+    """mIoU per prompt kind of a (class-agnostic) SAM checkpoint; ``"default"`` = shipped.
+    ``zoom`` (on) decodes box prompts on zoomed crops, as generate does."""
     unknown = [p for p in prompts if p not in PROMPT_KINDS]
     if unknown:
         raise ValueError(f"unknown prompt kinds {unknown}; expected some of {PROMPT_KINDS}")
@@ -30,9 +31,13 @@ def evaluate_teacher(checkpoint: str, sam_model: str, gt_path: str | Path,
     predictor = PromptedSam(build_sam(sam_model, checkpoint=ckpt).eval(), runtime=runtime)
     gt = load_coco(gt_path)
     result = teacher_miou(predictor, gt, image_root, prompts=prompts, seed=seed,
-                          image_ids=_image_ids(gt, max_images))
+                          image_ids=_image_ids(gt, max_images), zoom=zoom)
     return {"teacher": str(checkpoint), "sam_model": sam_model, "gt": str(gt_path),
-            "mIoU": result}
+            "zoom": _zoom_record(zoom), "mIoU": result}
+
+
+def _zoom_record(zoom: ZoomSpec | None) -> dict | None:
+    return {"context": zoom.context, "min_side": zoom.min_side} if zoom and zoom.on else None
 
 
 def evaluate_detector(detector: str, checkpoint: str | None, gt_path: str | Path,
@@ -49,7 +54,8 @@ def evaluate_detector(detector: str, checkpoint: str | None, gt_path: str | Path
 
 def evaluate_run_teachers(run_dir: str | Path, gt_path: str | Path, image_root: str | Path,
                           max_images: int | None = None, seed: int = 0,
-                          progress: bool = True, runtime: Runtime = CPU) -> dict:
+                          progress: bool = True, runtime: Runtime = CPU,
+                          zoom: ZoomSpec | None = None) -> dict:
     """Each trained teacher of a run on its own prompt kind, next to the zero-shot SAM
     (seed 001 Table 5's layout): ``{"zero-shot": {kind: mIoU}, "<teacher>": {kind: mIoU}}``."""
     from pseudolabel.teacher.model import load_base_sam, load_teacher, read_teacher_meta
@@ -77,10 +83,11 @@ def evaluate_run_teachers(run_dir: str | Path, gt_path: str | Path, image_root: 
         kinds.add(meta["prompt"])
         r = teacher_miou(teacher, gt, image_root, prompts=(meta["prompt"],), seed=seed,
                          image_ids=ids, category_rows=rows if meta["class_aware"] else None,
-                         progress=progress)
+                         progress=progress, zoom=zoom)
         result[meta["kind"]] = {k: v["mIoU"] for k, v in r.items()}
     zero = teacher_miou(PromptedSam(base, runtime=runtime), gt, image_root,
                         prompts=tuple(sorted(kinds)), seed=seed, image_ids=ids,
-                        progress=progress)
+                        progress=progress, zoom=zoom)
     result = {"zero-shot": {k: v["mIoU"] for k, v in zero.items()}, **result}
-    return {"run": str(run_dir), "gt": str(gt_path), "mIoU": result}
+    return {"run": str(run_dir), "gt": str(gt_path), "zoom": _zoom_record(zoom),
+            "mIoU": result}

@@ -11,8 +11,9 @@ import pytest
 
 import pseudolabel.stages.generate as gen
 from pseudolabel.data.coco import load_coco, save_json
-from pseudolabel.data.masks import rle_to_mask
+from pseudolabel.data.masks import rle_to_mask, xywh_to_xyxy
 from pseudolabel.models.grounding_dino import build_detector
+from pseudolabel.models.predictor import ZoomSpec
 from pseudolabel.stages.generate import GenerateOptions, generate, load_run_teachers
 from pseudolabel.stages.weaken import weaken
 
@@ -44,7 +45,7 @@ def _teachers(setting, weak_path, refine=True):
 
 def _generate(setting, weak_files, synth_dir, run_dir, detector=None, **kw):
     opts = GenerateOptions(setting, part_size=4, workers=1, box_threshold=0.0,
-                           **{k: kw.pop(k) for k in ("refine", "samrefiner") if k in kw})
+                           **{k: kw.pop(k) for k in ("refine", "samrefiner", "zoom") if k in kw})
     return generate(weak_files[setting], synth_dir / "images", run_dir, opts,
                     _teachers(setting, weak_files[setting], opts.refine), detector,
                     detector_sha="random", progress=False, **kw)
@@ -70,6 +71,29 @@ def test_box_class_file_keeps_gt_and_prompts_every_box(weak_files, synth_dir, tm
         assert a["quality"]["teacher"] == "box" and a["quality"]["prompt"] == "box"
         assert 0 <= a["consistency"]["outside_box"] <= 1 and a["consistency"]["class_in_tags"]
     assert out["info"]["pseudolabel"]["setting"] == "box+class"
+
+
+def test_zoom_decodes_each_box_on_its_crop(weak_files, synth_dir, tmp_path):
+    zoom = ZoomSpec(context=2.0, min_side=0.2)
+    first = _generate("box+class", weak_files, synth_dir, tmp_path)
+    plain = json.loads(Path(first["out"]).read_text())
+    summary = _generate("box+class", weak_files, synth_dir, tmp_path, zoom=zoom,
+                        out_path=tmp_path / "zoomed.json")
+    zoomed = json.loads(Path(summary["out"]).read_text())
+    assert plain["info"]["pseudolabel"]["zoom"] is None
+    assert zoomed["info"]["pseudolabel"]["zoom"] == {"context": 2.0, "min_side": 0.2}
+    assert summary["parts_dir"] != first["parts_dir"]  # its own fingerprint: no mixing
+    pseudo = [a for a in zoomed["annotations"] if a["source"] == "pseudo"]
+    assert pseudo
+    sizes = {i["id"]: (i["height"], i["width"]) for i in zoomed["images"]}
+    for a in pseudo:
+        box = xywh_to_xyxy([a["weak"]["bbox"]])
+        x0, y0, x1, y1 = zoom.windows(box, sizes[a["image_id"]])[0]
+        m = rle_to_mask(a["segmentation"])
+        assert m[y0:y1, x0:x1].sum() == m.sum()  # nothing outside the box's crop
+    masks = {a["weak"]["id"]: a["segmentation"]["counts"] for a in plain["annotations"]
+             if a["source"] == "pseudo"}
+    assert any(masks.get(a["weak"]["id"]) != a["segmentation"]["counts"] for a in pseudo)
 
 
 def test_samrefiner_refines_the_pseudo_masks(weak_files, synth_dir, tmp_path):
