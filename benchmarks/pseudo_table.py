@@ -6,7 +6,8 @@ pseudo-masks for every setting with the fine-tuned teachers and with the base SA
 (``--zero-shot``), and point+class without prompt refinement (``--no-refine``), then scores
 each file on the weakly labelled training images (mIoU per GT instance, unmatched GT = 0).
 Settings that need Grounding DINO are skipped, with the reason, when no detector weights are
-available.
+available. Box prompts are zoomed as the config's ``generate.zoom_context`` says (the
+synthetic default: 3) unless ``--zoom-context`` says otherwise.
 """
 
 from __future__ import annotations
@@ -44,9 +45,12 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--detector-checkpoint", default=None,
                     help="Grounding DINO weights (default: the config's, i.e. the shipped ones)")
+    ap.add_argument("--zoom-context", type=float, default=None,
+                    help="box prompts on zoomed crops (0: whole image; default: the config's)")
     args = ap.parse_args()
 
     cfg = load_config(None)
+    zoom = cfg.generate.zoom(args.zoom_context)
     data = ensure_data(cfg)
     gt = load_coco(data.train)
     t0 = time.perf_counter()
@@ -78,10 +82,12 @@ def main() -> None:
         teachers = load_run_teachers(args.run_dir, setting, gt.category_ids, refine=refine,
                                      zero_shot=zero_shot, sam_model=cfg.models.sam,
                                      sam_checkpoint=cfg.models.sam_checkpoint)
-        out = args.run_dir / "pseudo" / f"{label.replace(' --', '-').replace('+', '_')}.json"
+        out = args.run_dir / "pseudo" / (label.replace(" --", "-").replace("+", "_")
+                                         + ("-zoom" if zoom.on else "") + ".json")
         t = time.perf_counter()
         summary = generate(weak_path, data.images, args.run_dir,
-                           GenerateOptions(setting, refine=refine, zero_shot=zero_shot),
+                           GenerateOptions(setting, refine=refine, zero_shot=zero_shot,
+                                           zoom=zoom),
                            teachers, detector if needs_detector else None,
                            detector_sha=detector_sha, out_path=out, progress=False)
         seconds = time.perf_counter() - t
@@ -94,7 +100,8 @@ def main() -> None:
     print(f"hardware: {hardware()}")
     print(f"synthetic default, {args.fraction:.0%} fully labelled, teachers {cfg.teacher.steps} "
           f"steps each (training {train_s:.0f} s); pseudo-masks scored on the weakly "
-          f"labelled training images")
+          f"labelled training images; box prompts "
+          + (f"zoomed (context {zoom.context:g})" if zoom.on else "on the whole image"))
     print(f"{'setting':<38}{'mIoU':>7}{'mask AP':>9}{'masks':>7}{'img/s':>7}")
     for label, r in rows.items():
         if "skipped" in r:

@@ -7,7 +7,8 @@ Table 5's "point + GDino" column is the point+class pipeline (P-SAM, Grounding D
 Algorithm 1, BP-SAM) run on the validation images with one GT-simulated point per instance,
 scored per instance; it needs detector weights (``pseudolabel/assets`` or the config) and
 is "-" without them, and for the row without the class module (no BP-SAM ablation is
-trained).
+trained). Box prompts (the box column, BP-SAM's boxes) are decoded as generate decodes them:
+zoomed per the config's ``generate.zoom_context`` unless ``--zoom-context`` says otherwise.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from pseudolabel.stages.weaken import weaken  # noqa: E402
 from pseudolabel.teacher.train import FinetuneConfig  # noqa: E402
 
 
-def point_gdino(cfg, data, run_dir: Path, zero_shot: bool) -> float | None:
+def point_gdino(cfg, data, run_dir: Path, zero_shot: bool, zoom) -> float | None:
     """mIoU of the point+class pipeline on the val images (every image weakly labelled)."""
     try:
         detector, detector_sha = load_detector(cfg.models)
@@ -51,9 +52,10 @@ def point_gdino(cfg, data, run_dir: Path, zero_shot: bool) -> float | None:
     teachers = load_run_teachers(run_dir, "point+class", gt.category_ids, zero_shot=zero_shot,
                                  sam_model=cfg.models.sam,
                                  sam_checkpoint=cfg.models.sam_checkpoint)
-    out = work / f"pseudo{'-zero-shot' if zero_shot else ''}.json"
+    out = work / f"pseudo{'-zero-shot' if zero_shot else ''}{'-zoom' if zoom.on else ''}.json"
     # the teachers come from run_dir; parts and split checks live in the val work folder
-    generate(weak, data.images, work, GenerateOptions("point+class", zero_shot=zero_shot),
+    generate(weak, data.images, work,
+             GenerateOptions("point+class", zero_shot=zero_shot, zoom=zoom),
              teachers, detector, detector_sha=detector_sha,
              out_path=out, progress=False)
     return evaluate_pseudo(load_coco(out), gt)["mIoU"]
@@ -68,6 +70,8 @@ def main() -> None:
                     help="lr multiplier of the class path (default: the config's)")
     ap.add_argument("--run-dir", type=Path, default=Path("runs/bench/synthetic-10pct"))
     ap.add_argument("--max-images", type=int, default=None)
+    ap.add_argument("--zoom-context", type=float, default=None,
+                    help="box prompts on zoomed crops (0: whole image; default: the config's)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
@@ -90,10 +94,12 @@ def main() -> None:
     finetune_teachers(run_dir=args.run_dir, teachers=("box-cls", "point-cls"),
                       class_aware=False, **common)
     train_s = time.perf_counter() - t0
-    r = evaluate_run_teachers(args.run_dir, data.val, data.images, args.max_images)["mIoU"]
-    gd_zero = point_gdino(cfg, data, args.run_dir, zero_shot=True)
-    gd_tuned = point_gdino(cfg, data, args.run_dir, zero_shot=False) if gd_zero is not None \
-        else None
+    zoom = cfg.generate.zoom(args.zoom_context)
+    r = evaluate_run_teachers(args.run_dir, data.val, data.images, args.max_images,
+                              zoom=zoom)["mIoU"]
+    gd_zero = point_gdino(cfg, data, args.run_dir, zero_shot=True, zoom=zoom)
+    gd_tuned = point_gdino(cfg, data, args.run_dir, zero_shot=False, zoom=zoom) \
+        if gd_zero is not None else None
     rows = {
         "zero-shot": (r["zero-shot"].get("point"), gd_zero, r["zero-shot"].get("box")),
         "fine-tuned": (r["point"]["point"], None, r["box"]["box"]),
@@ -102,7 +108,8 @@ def main() -> None:
     print(f"hardware: {hardware()}")
     print(f"synthetic default, {args.fraction:.0%} fully labelled, {tcfg['steps']} steps per "
           f"teacher, lr {tcfg['lr']:g} (class path x{tcfg['class_lr_factor']:g}); training "
-          f"{train_s:.0f} s")
+          f"{train_s:.0f} s; box prompts "
+          + (f"zoomed (context {zoom.context:g})" if zoom.on else "on the whole image"))
     print(f"{'teacher':<26}{'point':>8}{'point+GDino':>13}{'box':>8}")
     for name, (point, gd, box) in rows.items():
         gd_text = f"{gd:13.3f}" if gd is not None else f"{'-':>13}"
