@@ -73,13 +73,16 @@ def test_table2_reads_a_full_student_trained_beside_the_columns(synth_dir, tmp_p
     assert table2.collect(tmp_path, "mask2former")["rows"] == []
 
 
-def test_demo_quotes_the_readme_fully_supervised_figure():
-    """The demo prints its student's AP beside the README's fully supervised CondInst."""
+def test_demo_quotes_the_readme_table2_figures():
+    """The demo prints its student's AP beside README Table 2's point+class (10%) and fully
+    supervised CondInst students."""
     import re
 
     demo = (REPO / "scripts" / "demo.sh").read_text()
-    full_ap = re.search(r"^FULL_AP=([\d.]+)$", demo, re.M).group(1)
-    readme = " ".join((REPO / "README.md").read_text().split())
-    assert (f"`pseudolabel train-student --full --student condinst --steps 1500` reaches val "
-            f"mask AP {full_ap} ") in readme
+    point_ap = re.search(r"^T2_POINT_AP=([\d.]+)$", demo, re.M).group(1)
+    full_ap = re.search(r"^T2_FULL_AP=([\d.]+)$", demo, re.M).group(1)
+    readme = (REPO / "README.md").read_text()
+    assert re.search(rf"^\| 10% \| point\+class \| [\d.]+ \| {re.escape(point_ap)} \|", readme,
+                     re.M)
+    assert re.search(rf"^\| 100% \| masks \| – \| {re.escape(full_ap)} \|", readme, re.M)
     assert "--student condinst" in demo
