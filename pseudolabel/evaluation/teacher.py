@@ -81,6 +81,11 @@ def error_breakdown(pred: np.ndarray, gt: np.ndarray, category_ids) -> dict[str,
     return out
 
 
+def _zoomed(kind: str, zoom: ZoomSpec | None) -> bool:
+    """Whether prompts of ``kind`` are decoded on zoomed crops (the box kinds, zoom on)."""
+    return kind in ("box", "box+point") and zoom is not None and zoom.on
+
+
 def predict_prompted(predictor: PromptedSam, embeddings, kind: str, boxes, points,
                      class_ids=None, image: np.ndarray | None = None,
                      zoom: ZoomSpec | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -91,7 +96,7 @@ def predict_prompted(predictor: PromptedSam, embeddings, kind: str, boxes, point
     zoomed crops of ``image`` when ``zoom`` is on (as generate decodes them).
     """
     pts = pixel_centre_to_sam(points)
-    if kind in ("box", "box+point") and zoom is not None and zoom.on:
+    if _zoomed(kind, zoom):
         out = predictor.decode_zoomed(image, zoom, boxes_xyxy=boxes, class_ids=class_ids,
                                       points_xy=pts if kind == "box+point" else None)
     elif kind == "box":
@@ -124,7 +129,9 @@ def teacher_miou(predictor: PromptedSam, gt: CocoDataset, image_root: str | Path
         if not anns:
             continue
         image = load_image(resolve_image_path(image_root, gt.image_by_id[image_id]["file_name"]))
-        emb = predictor.encode([image])
+        # the whole image's embedding only where some kind decodes on it
+        emb = (predictor.encode([image]) if not all(_zoomed(k, zoom) for k in prompts)
+               else None)
         cls = None if category_rows is None else [category_rows[a["category_id"]] for a in anns]
         for kind in prompts:
             pred, _ = predict_prompted(predictor, emb, kind, boxes, points, cls, image, zoom)

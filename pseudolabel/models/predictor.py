@@ -150,6 +150,10 @@ class ZoomSpec:
     def on(self) -> bool:
         return self.context > 0
 
+    def record(self) -> dict | None:
+        """The spec as written to manifests and results; ``None`` when off."""
+        return {"context": self.context, "min_side": self.min_side} if self.on else None
+
     def windows(self, boxes_xyxy: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         """``(N, 4)`` integer crop windows ``x0, y0, x1, y1`` (end exclusive) in the image."""
         h, w = size

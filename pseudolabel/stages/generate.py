@@ -481,8 +481,7 @@ def _manifest(job: Job, teachers: Teachers, detector_sha: str | None) -> dict:
     return {"setting": o.setting, **({"kinds": kinds} if o.setting == MIXED else {}),
             "weak_file": str(job.weak_path), "weak_sha256": file_sha256(job.weak_path),
             "refine": o.refine, "zero_shot": o.zero_shot, "samrefiner": o.samrefiner,
-            "zoom": {"context": o.zoom.context, "min_side": o.zoom.min_side} if o.zoom.on
-            else None,
+            "zoom": o.zoom.record(),
             "teachers": {n: teachers.describe[n] for n in names if n in teachers.describe},
             "detector_sha256": detector_sha if any(uses_detector(k, o.refine) for k in kinds)
             else None,

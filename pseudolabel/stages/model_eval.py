@@ -33,11 +33,7 @@ def evaluate_teacher(checkpoint: str, sam_model: str, gt_path: str | Path,
     result = teacher_miou(predictor, gt, image_root, prompts=prompts, seed=seed,
                           image_ids=_image_ids(gt, max_images), zoom=zoom)
     return {"teacher": str(checkpoint), "sam_model": sam_model, "gt": str(gt_path),
-            "zoom": _zoom_record(zoom), "mIoU": result}
-
-
-def _zoom_record(zoom: ZoomSpec | None) -> dict | None:
-    return {"context": zoom.context, "min_side": zoom.min_side} if zoom and zoom.on else None
+            "zoom": zoom.record() if zoom else None, "mIoU": result}
 
 
 def evaluate_detector(detector: str, checkpoint: str | None, gt_path: str | Path,
@@ -89,5 +85,5 @@ def evaluate_run_teachers(run_dir: str | Path, gt_path: str | Path, image_root: 
                         prompts=tuple(sorted(kinds)), seed=seed, image_ids=ids,
                         progress=progress, zoom=zoom)
     result = {"zero-shot": {k: v["mIoU"] for k, v in zero.items()}, **result}
-    return {"run": str(run_dir), "gt": str(gt_path), "zoom": _zoom_record(zoom),
+    return {"run": str(run_dir), "gt": str(gt_path), "zoom": zoom.record() if zoom else None,
             "mIoU": result}
