@@ -83,17 +83,17 @@ ARCHS = ("mask2former", "condinst")
 
 def build_student(cfg: StudentConfig, num_labels: int, pretrained: bool = True
                   ) -> torch.nn.Module:
-    """The student of ``cfg`` (seeded init; the backbone's ImageNet weights when
-    ``backbone_checkpoint`` is set and ``pretrained``: a checkpoint will overwrite them)."""
+    """The student of ``cfg`` (random init from ``cfg.seed``; the backbone's ImageNet weights
+    when ``backbone_checkpoint`` is set and ``pretrained``: a checkpoint will overwrite them)."""
     backbone = cfg.backbone_checkpoint if pretrained else None
     if cfg.arch == "mask2former":
         model = build_mask2former(cfg.preset, num_labels, num_queries=cfg.num_queries,
                                   decoder_layers=cfg.decoder_layers,
-                                  num_points=cfg.num_points, backbone=backbone)
+                                  num_points=cfg.num_points, backbone=backbone, seed=cfg.seed)
         use_student_loss(model)
         body = model.model.pixel_level_module.encoder
     elif cfg.arch == "condinst":
-        torch.manual_seed(0)
+        torch.manual_seed(cfg.seed)
         model = CondInst(num_labels, cfg.preset, backbone=backbone)
         body = model.body
     else:

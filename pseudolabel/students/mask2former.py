@@ -38,9 +38,10 @@ PRESETS = ("tiny", "r50", "r101")
 
 def build_mask2former(preset: str, num_labels: int, *, num_queries: int | None = None,
                       decoder_layers: int | None = None, num_points: int | None = None,
-                      backbone: str | None = None) -> Mask2FormerForUniversalSegmentation:
-    """A Mask2Former for ``num_labels`` classes (seeded random init; ``backbone``: a local
-    ImageNet ResNet file or folder loaded strictly into the backbone).
+                      backbone: str | None = None, seed: int = 0
+                      ) -> Mask2FormerForUniversalSegmentation:
+    """A Mask2Former for ``num_labels`` classes (random init from ``seed``; ``backbone``: a
+    local ImageNet ResNet file or folder loaded strictly into the backbone).
 
     transformers warns that only Swin backbones are "supported"; the ResNet backbone the
     Mask2Former paper uses for its R50 models runs through the same code, so the warning is
@@ -49,7 +50,7 @@ def build_mask2former(preset: str, num_labels: int, *, num_queries: int | None =
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        model = _build(preset, num_labels, num_queries, decoder_layers, num_points)
+        model = _build(preset, num_labels, num_queries, decoder_layers, num_points, seed)
     finally:
         hf_logging.set_verbosity(level)
     if backbone is not None:
@@ -59,10 +60,10 @@ def build_mask2former(preset: str, num_labels: int, *, num_queries: int | None =
     return model
 
 
-def _build(preset, num_labels, num_queries, decoder_layers, num_points):
+def _build(preset, num_labels, num_queries, decoder_layers, num_points, seed):
     if preset not in PRESETS:
         raise ValueError(f"unknown Mask2Former preset {preset!r}; expected one of {PRESETS}")
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     if preset == "tiny":
         bb = ResNetConfig(embedding_size=64, hidden_sizes=[64, 128, 256, 512],
                           depths=[2, 2, 2, 2], layer_type="basic",

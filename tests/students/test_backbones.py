@@ -78,3 +78,17 @@ def test_backbone_lr_factor_only_with_a_pretrained_backbone(r50_file):
                         backbone_checkpoint=str(r50_file))
     opt = _optimizer(build_student(pre, 3), pre)
     assert [g["lr_factor"] for g in opt.param_groups] == [0.1, 1.0]
+
+
+@pytest.mark.parametrize("arch", ["condinst", "mask2former"])
+def test_the_student_seed_sets_its_random_init(arch):
+    """``student.seed`` reaches the weights, so seeds give independent runs (it once fixed
+    only the data order: both students were built from seed 0)."""
+    def weights(seed):
+        torch.manual_seed(123)  # whatever the caller's generator holds
+        cfg = StudentConfig(arch=arch, preset="tiny", num_queries=5, decoder_layers=2, seed=seed)
+        return torch.cat([p.detach().flatten() for p in build_student(cfg, 3).parameters()])
+
+    a = weights(0)
+    assert torch.equal(a, weights(0))
+    assert not torch.equal(a, weights(1))
