@@ -197,7 +197,7 @@ def to_record_frame(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return mask[rows][:, cols]
 
 
-def image_pseudo_masks(setting: str, teachers: Teachers, emb: ImageEmbeddings,
+def image_pseudo_masks(setting: str, teachers: Teachers, emb: ImageEmbeddings | None,
                        weak_anns: list[dict], tags: list[int] | None, detection,
                        refine: bool = True, samrefiner: bool = False,
                        record_size: tuple[int, int] | None = None,
@@ -215,9 +215,14 @@ def image_pseudo_masks(setting: str, teachers: Teachers, emb: ImageEmbeddings,
     embedding, without class prompts); the quality record keeps its predicted IoU.
     ``zoom`` (on) decodes the box-carrying prompts (``box``, ``box-cls`` and BP-SAM's box +
     point) on zoomed crops of ``image``, the decoded frame's pixels; P-SAM's lone points
-    have no box to crop around and use the whole image.
+    have no box to crop around and use the whole image. ``emb`` may be ``None`` where
+    nothing decodes on the whole image (zoomed box prompts, no SAMRefiner).
     """
-    decoded = emb.original_sizes[0]
+    if emb is None and (image is None or zoom is None or not zoom.on or samrefiner
+                        or setting == "point+class"):
+        raise ValueError(f"{setting}: decoding without the whole image's embedding needs the "
+                         "image's pixels, zoomed box prompts and no P-SAM or SAMRefiner pass")
+    decoded = tuple(image.shape[:2]) if emb is None else emb.original_sizes[0]
     record_size = tuple(record_size or decoded)
     scale = (decoded[0] / record_size[0], decoded[1] / record_size[1])
     props, name, prompt = _proposals(setting, weak_anns, detection, scale)

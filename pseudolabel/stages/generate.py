@@ -316,6 +316,12 @@ def _detect(jobs: list[Job], part_ids: list[int], pixels: list, detector,
     return results
 
 
+def needs_whole_image(kind: str, opts: GenerateOptions) -> bool:
+    """Whether ``kind``'s pseudo-masks decode on the whole image's embedding: always without
+    zoom; with it, P-SAM's lone points and SAMRefiner still do (box prompts are zoomed)."""
+    return not opts.zoom.on or opts.samrefiner or kind == "point+class"
+
+
 def run_part(part_ids: list[int], jobs: list[Job], images: list, opts: GenerateOptions,
              teachers: Teachers, detector) -> list[dict]:
     """One part of every job in ``jobs`` (all over ``part_ids``): per job, its image ids and
@@ -330,10 +336,16 @@ def run_part(part_ids: list[int], jobs: list[Job], images: list, opts: GenerateO
                "reason": im.failed} for i, im in zip(part_ids, images, strict=True) if im.failed]
     ok = [(i, im) for i, im in zip(part_ids, images, strict=True) if not im.failed]
     ok_ids = [i for i, _ in ok]
-    embs = []
-    for s in range(0, len(ok), opts.encode_batch):
-        e = teachers.encoder.encode([im.prepared for _, im in ok[s: s + opts.encode_batch]])
-        embs += [e[k] for k in range(len(e.original_sizes))]
+    # the whole image's embedding, for the images some job decodes on it (not every prompt
+    # of a zoomed box kind: each of those is encoded on its own crop)
+    whole = [k for k, image_id in enumerate(ok_ids)
+             if any(needs_whole_image(j.kinds[image_id], opts) for j in jobs)]
+    embs: list = [None] * len(ok)
+    for s in range(0, len(whole), opts.encode_batch):
+        batch = whole[s: s + opts.encode_batch]
+        e = teachers.encoder.encode([ok[k][1].prepared for k in batch])
+        for n, k in enumerate(batch):
+            embs[k] = e[n]
     raw = _detect(jobs, ok_ids, [im.pixels for _, im in ok], detector, opts)
     out = []
     with torch.no_grad():

@@ -96,6 +96,28 @@ def test_zoom_decodes_each_box_on_its_crop(weak_files, synth_dir, tmp_path):
     assert any(masks.get(a["weak"]["id"]) != a["segmentation"]["counts"] for a in pseudo)
 
 
+@pytest.mark.parametrize("setting, whole", [("box+class", False), ("point+class", True)])
+def test_zoom_skips_the_whole_image_encode_only_when_nothing_uses_it(
+        setting, whole, weak_files, synth_dir, tmp_path, detector, monkeypatch):
+    from pseudolabel.models.predictor import PreparedImage, PromptedSam
+
+    calls = {"whole": 0, "crops": 0}
+    encode = PromptedSam.encode
+
+    def counting(self, images, *args, **kwargs):
+        key = "whole" if isinstance(images[0], PreparedImage) else "crops"
+        calls[key] += len(images)
+        return encode(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(PromptedSam, "encode", counting)
+    summary = _generate(setting, weak_files, synth_dir, tmp_path, detector,
+                        zoom=ZoomSpec(context=2.0, min_side=0.2))
+    weak = load_coco(weak_files[setting])
+    weakly = sum(i["kind"] != "fully_labeled" for i in weak.images)
+    assert summary["pseudo_masks"] > 0 and calls["crops"] > 0
+    assert calls["whole"] == (weakly if whole else 0)  # P-SAM's points need the whole image
+
+
 def test_samrefiner_refines_the_pseudo_masks(weak_files, synth_dir, tmp_path):
     plain = json.loads(Path(_generate("box+class", weak_files, synth_dir, tmp_path / "a")
                             ["out"]).read_text())
