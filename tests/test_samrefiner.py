@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pseudolabel.models.iou_adapter import (
     attach_iou_adapter,
@@ -14,9 +15,11 @@ from pseudolabel.models.iou_adapter import (
 )
 from pseudolabel.samrefiner import (
     OMEGA,
+    cosine_map,
     distance_points,
     elastic_box,
     gaussian_mask_prompt,
+    pixel_features,
     similarity_map,
     split_then_merge,
 )
@@ -89,6 +92,24 @@ def test_similarity_map_separates_orthogonal_features():
     mask[10:22, 10:22] = True  # inside the object's cells (4 px per cell)
     sim = similarity_map(feats, mask, (10, 10))
     assert sim[12:20, 12:20].all() and not sim[:5].any() and not sim[:, 30:].any()
+
+
+@pytest.mark.parametrize("grid, shape", [((7, 9), (45, 61)), ((10, 10), (40, 40)),
+                                         ((1, 6), (5, 37))])
+def test_cosine_map_equals_upsampling_the_features_first(grid, shape):
+    """The per-pixel cosine without the (C, H, W) upsampled features: same numbers."""
+    torch.manual_seed(0)
+    feats = torch.randn(8, 10, 10)
+    mask = np.zeros(shape, bool)
+    mask[shape[0] // 4: shape[0] // 2 + 1, shape[1] // 3: shape[1] // 2 + 1] = True
+    got = cosine_map(pixel_features(feats, grid, shape), mask)
+    f = feats[:, :grid[0], :grid[1]]
+    up = F.normalize(F.interpolate(f[None], shape, mode="bilinear", align_corners=False)[0],
+                     dim=0)
+    w = F.interpolate(torch.as_tensor(mask, dtype=torch.float32)[None, None], grid,
+                      mode="area")[0, 0]
+    query = F.normalize((f * w).sum((1, 2)) / w.sum(), dim=0)
+    torch.testing.assert_close(got, torch.einsum("chw,c->hw", up, query), atol=1e-5, rtol=0)
 
 
 def test_gaussian_mask_prompt_is_eq_3_inside_and_minus_omega_outside():
