@@ -734,6 +734,11 @@ def train_student(
     run_dir: RunDirOpt = None,
     steps: Annotated[int | None, typer.Option(help="Optimiser steps (default: the config's)."
                                               )] = None,
+    seed: Annotated[int | None, typer.Option(
+        help="Seed of the student's init, batch order and augmentation (default: the "
+        "config's student.seed, 0). A seed other than 0 trains into its own folder "
+        "(student/<name>-<student>-seed<N>) and is compared with the full student of that "
+        "seed.", min=0)] = None,
     quality_weighted: Annotated[bool, typer.Option(
         "--quality-weighted", help="Scale each pseudo-mask's loss by its score (seed 000 "
         "eq. 1).")] = False,
@@ -797,6 +802,8 @@ def train_student(
         scfg = replace(scfg, arch=student)
         if steps is not None:
             scfg = replace(scfg, steps=steps)
+        if seed is not None:
+            scfg = replace(scfg, seed=seed)
         if backbone_checkpoint is not None:
             scfg = replace(scfg, backbone_checkpoint=backbone_checkpoint)
         if not full:  # checked before the data is made: a typo costs nothing
@@ -811,9 +818,11 @@ def train_student(
         rt.barrier()  # rank 0 may be writing the synthetic data
         if full:
             train_file, name = data.train, "full"
+        seeded = f"-seed{scfg.seed}" if scfg.seed else ""
         out_dir = run_dir / "student" / (f"{name}-{student}"
                                          + ("-quality" if quality_weighted else "")
-                                         + (f"-boxseg-{qam}-{copy_paste}" if boxseg else ""))
+                                         + (f"-boxseg-{qam}-{copy_paste}" if boxseg else "")
+                                         + seeded)
         if boxseg:
             summary = _train_boxseg(train_file, data.images, out_dir, scfg, qam, copy_paste,
                                     fixed_k, export_pseudo, rt)
@@ -825,7 +834,7 @@ def train_student(
             typer.echo(f"trained {summary['steps']} steps in {summary['seconds']:.0f} s "
                        f"(final loss {summary['final_loss']:.3f}); checkpoint in {out_dir}")
         if evaluate:
-            full_metrics = run_dir / "student" / f"full-{student}" / "metrics.json"
+            full_metrics = run_dir / "student" / f"full-{student}{seeded}" / "metrics.json"
             m = evaluate_student(out_dir, data.val, data.images, progress=rt.is_main,
                                  full_metrics=None if full else full_metrics, runtime=rt)
             if not rt.is_main:

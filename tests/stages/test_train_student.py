@@ -112,6 +112,12 @@ def test_cli_train_student(synth_dir, tmp_path):
     assert r.exit_code == 0, r.output
     assert "trained 2 steps" in r.output and "mask" in r.output
     assert (tmp_path / "run" / "student" / "full-mask2former" / "metrics.json").is_file()
+    r = runner.invoke(app, ["train-student", "--full", "--seed", "2", "--no-eval",
+                            "--config", str(cfg)])
+    assert r.exit_code == 0, r.output
+    seeded = json.loads((tmp_path / "run" / "student" / "full-mask2former-seed2"
+                         / "settings.json").read_text())
+    assert seeded["config"]["seed"] == 2
 
 
 def test_quality_weights_scale_each_mask_loss():
