@@ -8,8 +8,9 @@ resizes the synthetic images (bilinear) and masks (nearest) to a COCO-like side 
 
 Then CEBox's similarity maps (eq. 1-2) of the same masks, two ways: upsampling the
 ``(C, h, w)`` embedding to ``(C, H, W)`` and normalising it, as eq. 1 reads, against
-``samrefiner.pixel_features`` / ``similarity_map`` (the same numbers from the grid; checked
-here to agree). Per image: one feature map, every mask's map.
+``samrefiner.pixel_features`` / ``similarity_maps`` (the same numbers from the grid, all of an
+image's masks in one batch; checked here to agree). Per image: one feature map, every mask's
+map.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from pseudolabel.samrefiner import (  # noqa: E402
     grid_size,
     pixel_features,
     refine_masks,
-    similarity_map,
+    similarity_maps,
 )
 from pseudolabel.stages.refine import load_refiner  # noqa: E402
 
@@ -114,7 +115,7 @@ def similarity_times(sam: PromptedSam, work) -> tuple[float, float]:
         maps[0] += [direct_similarity(feats, grid, m, up) for m in masks]
         t1 = time.perf_counter()
         pix = pixel_features(feats, grid, shape)
-        maps[1] += [similarity_map(feats, m, grid, pix) for m in masks]
+        maps[1] += list(similarity_maps(pix, masks))
         times[0] += t1 - t
         times[1] += time.perf_counter() - t1
     differ = np.mean([np.mean(a != b) for a, b in zip(*maps, strict=True)])

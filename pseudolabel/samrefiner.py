@@ -126,16 +126,30 @@ def similarity_map(features: torch.Tensor, mask: np.ndarray, grid_size: tuple[in
     """
     if pixels is None:
         pixels = pixel_features(features, grid_size, mask.shape)
-    return (cosine_map(pixels, mask) > SIM_THRESHOLD).cpu().numpy()
+    return similarity_maps(pixels, mask[None])[0]
 
 
-def cosine_map(pixels: PixelFeatures, mask: np.ndarray) -> torch.Tensor:
-    """Eq. 1: ``(H, W)`` cosine similarity of each pixel's feature to the mask's mean."""
+# masks per batch of cosine maps: (N, H, W) fp32 on the device, 16 MB per mask at 2048 px
+SIMILARITY_CHUNK = 16
+
+
+def similarity_maps(pixels: PixelFeatures, masks: np.ndarray) -> np.ndarray:
+    """:func:`similarity_map` of ``(N, H, W)`` masks of one image, computed in batches on
+    the embedding's device with one transfer back per batch."""
+    out = np.zeros(masks.shape, dtype=bool)
+    for s in range(0, len(masks), SIMILARITY_CHUNK):
+        sim = cosine_maps(pixels, masks[s: s + SIMILARITY_CHUNK])
+        out[s: s + SIMILARITY_CHUNK] = (sim > SIM_THRESHOLD).cpu().numpy()
+    return out
+
+
+def cosine_maps(pixels: PixelFeatures, masks: np.ndarray) -> torch.Tensor:
+    """Eq. 1: ``(N, H, W)`` cosine similarity of each pixel's feature to each mask's mean."""
     f = pixels.features
-    m = torch.as_tensor(mask, dtype=torch.float32, device=f.device)[None, None]
-    weights = F.interpolate(m, f.shape[1:], mode="area")[0, 0]
-    query = (f * weights).sum(dim=(1, 2)) / weights.sum().clamp_min(1e-12)
-    dots = torch.einsum("chw,c->hw", f, F.normalize(query, dim=0))
+    m = torch.as_tensor(np.asarray(masks, dtype=bool)).to(f.device).float()[:, None]
+    weights = F.interpolate(m, f.shape[1:], mode="area")[:, 0]  # (N, gh, gw)
+    query = torch.einsum("chw,nhw->nc", f, weights) / weights.sum((1, 2)).clamp_min(1e-12)[:, None]
+    dots = torch.einsum("chw,nc->nhw", f, F.normalize(query, dim=1))
     return (pixels.uy @ dots @ pixels.ux.T) / pixels.norms.clamp_min(1e-12)  # normalize's eps
 
 
@@ -271,9 +285,9 @@ def refine_masks(sam: PromptedSam, embedding: ImageEmbeddings, coarse: np.ndarra
                     xy[k, 1], labels[k, 1] = (neg[1], neg[0]), 0
             kwargs.update(points_xy=xy, point_labels=labels)
         if "box" in prompts and cebox:
-            for i in live:
-                similar = similarity_map(feats, masks[i], grid, pixels)
-                boxes[i], expanded[i] = elastic_box(masks[i], similar, lam=lam)
+            similar = similarity_maps(pixels, masks[live])
+            for k, i in enumerate(live):
+                boxes[i], expanded[i] = elastic_box(masks[i], similar[k], lam=lam)
         elif "box" in prompts:
             boxes[live] = masks_to_boxes_xyxy(masks[live])
         if "box" in prompts:

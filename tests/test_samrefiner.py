@@ -15,7 +15,7 @@ from pseudolabel.models.iou_adapter import (
 )
 from pseudolabel.samrefiner import (
     OMEGA,
-    cosine_map,
+    cosine_maps,
     distance_points,
     elastic_box,
     gaussian_mask_prompt,
@@ -100,16 +100,19 @@ def test_cosine_map_equals_upsampling_the_features_first(grid, shape):
     """The per-pixel cosine without the (C, H, W) upsampled features: same numbers."""
     torch.manual_seed(0)
     feats = torch.randn(8, 10, 10)
-    mask = np.zeros(shape, bool)
-    mask[shape[0] // 4: shape[0] // 2 + 1, shape[1] // 3: shape[1] // 2 + 1] = True
-    got = cosine_map(pixel_features(feats, grid, shape), mask)
+    masks = np.zeros((2, *shape), bool)
+    masks[0, shape[0] // 4: shape[0] // 2 + 1, shape[1] // 3: shape[1] // 2 + 1] = True
+    masks[1, -2:, :3] = True  # a corner
+    got = cosine_maps(pixel_features(feats, grid, shape), masks)
     f = feats[:, :grid[0], :grid[1]]
     up = F.normalize(F.interpolate(f[None], shape, mode="bilinear", align_corners=False)[0],
                      dim=0)
-    w = F.interpolate(torch.as_tensor(mask, dtype=torch.float32)[None, None], grid,
-                      mode="area")[0, 0]
-    query = F.normalize((f * w).sum((1, 2)) / w.sum(), dim=0)
-    torch.testing.assert_close(got, torch.einsum("chw,c->hw", up, query), atol=1e-5, rtol=0)
+    for mask, one in zip(masks, got, strict=True):
+        w = F.interpolate(torch.as_tensor(mask, dtype=torch.float32)[None, None], grid,
+                          mode="area")[0, 0]
+        query = F.normalize((f * w).sum((1, 2)) / w.sum(), dim=0)
+        torch.testing.assert_close(one, torch.einsum("chw,c->hw", up, query), atol=1e-5,
+                                   rtol=0)
 
 
 def test_gaussian_mask_prompt_is_eq_3_inside_and_minus_omega_outside():
