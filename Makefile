@@ -31,7 +31,8 @@ demo: $(STAMP)
 # `OMP_NUM_THREADS=1 make -j4 synthetic-table2` runs them side by side (one thread each).
 T2_STEPS ?= 600
 T2_ROOT ?= runs/table2
-T2 = FULL_RUN=none STUDENT=condinst STUDENT_ARGS="--steps $(T2_STEPS)" bash scripts/pipeline.sh configs/synthetic.yaml
+T2_SEED ?= 0
+T2 = FULL_RUN=none STUDENT=condinst SEED=$(T2_SEED) STUDENT_ARGS="--steps $(T2_STEPS)" bash scripts/pipeline.sh configs/synthetic.yaml
 # The world is written once, before the parallel targets (each would otherwise generate it);
 # val.json is its last file, so its presence means a complete world.
 T2_WORLD = runs/data/synthetic/annotations/val.json
@@ -40,7 +41,7 @@ $(T2_WORLD): | $(STAMP)
 	$(BIN)/pseudolabel synth --out runs/data/synthetic
 t2-full: t2-data
 	$(BIN)/pseudolabel train-student --full --config configs/synthetic.yaml --student condinst \
-	  --steps $(T2_STEPS) --run-dir $(T2_ROOT)/full
+	  --steps $(T2_STEPS) --seed $(T2_SEED) --run-dir $(T2_ROOT)/full
 t2-0pct: t2-data
 	$(T2) 0 $(T2_ROOT)/0pct
 t2-1pct: t2-data
@@ -48,7 +49,8 @@ t2-1pct: t2-data
 t2-10pct: t2-data
 	$(T2) 0.1 $(T2_ROOT)/10pct
 synthetic-table2: t2-full t2-0pct t2-1pct t2-10pct
-	$(BIN)/python scripts/table2.py $(T2_ROOT) --student condinst --out $(T2_ROOT)/table2
+	$(BIN)/python scripts/table2.py $(T2_ROOT) --student condinst --seed $(T2_SEED) \
+	  --out $(T2_ROOT)/table2$(if $(filter-out 0,$(T2_SEED)),-seed$(T2_SEED))
 
 # COCO with the official checkpoints (configs/coco.yaml); checks every file first.
 coco-10pct: $(STAMP)

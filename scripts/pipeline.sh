@@ -12,8 +12,10 @@
 # `make -j synthetic-table2` runs it beside the columns). TEACHER_ARGS adds flags to
 # teacher-finetune (e.g. --steps for a smoke run). NPROC (default: the number of visible
 # GPUs, 1 without one) runs the model stages under torchrun --nproc_per_node NPROC;
-# STUDENT (mask2former, the default, or condinst) picks the student and STUDENT_ARGS adds
-# flags to every train-student. Every stage resumes, so re-running the same command after an
+# STUDENT (mask2former, the default, or condinst) picks the student, SEED (default 0) its
+# seed (students of another seed train into their own folders beside the first; teachers and
+# pseudo-masks are shared) and STUDENT_ARGS adds flags to every train-student. Every stage
+# resumes, so re-running the same command after an
 # interruption continues.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +29,10 @@ SETTINGS=("$@")
 PL=".venv/bin/pseudolabel"
 FULL_RUN=${FULL_RUN:-$RUN}
 STUDENT=${STUDENT:-mask2former}
-STUDENT_ARGS="--student $STUDENT ${STUDENT_ARGS:-}"
+SEED=${SEED:-0}
+STUDENT_ARGS="--student $STUDENT --seed $SEED ${STUDENT_ARGS:-}"
+SEEDED=""  # train-student's folder suffix for the seed
+if [ "$SEED" != 0 ]; then SEEDED="-seed$SEED"; fi
 if [ -z "${NPROC:-}" ]; then
   NPROC=$(.venv/bin/python -c "import torch; print(max(1, torch.cuda.device_count()))")
 fi
@@ -44,8 +49,8 @@ if [ "$FULL_RUN" != "none" ]; then
   echo; echo "== fully supervised student (the 100% row)"
   $RUNNER train-student --full --config "$CONFIG" --run-dir "$FULL_RUN" $STUDENT_ARGS
   if [ "$FULL_RUN" != "$RUN" ]; then
-    mkdir -p "$RUN/student/full-$STUDENT"
-    cp "$FULL_RUN/student/full-$STUDENT/metrics.json" "$RUN/student/full-$STUDENT/"
+    mkdir -p "$RUN/student/full-$STUDENT$SEEDED"
+    cp "$FULL_RUN/student/full-$STUDENT$SEEDED/metrics.json" "$RUN/student/full-$STUDENT$SEEDED/"
   fi
 fi
 

@@ -1,6 +1,7 @@
 """Collect seed 001 Table 2 from pipeline runs: one run directory per mask fraction.
 
     python scripts/table2.py runs/table2 --student condinst --out runs/table2/table2
+    python scripts/table2.py runs/table2 --student condinst --seed 1 --out runs/table2/table2-seed1
 
 reads ``<root>/<N>pct/`` (written by ``scripts/pipeline.sh``): each setting's pseudo-mask
 quality (``eval/pseudo_<W>.json``) and student metrics (``student/*/metrics.json``), the
@@ -9,7 +10,8 @@ trains it there, beside the columns), and
 writes ``table2.md`` and ``table2.json``: per fraction and weak setting, pseudo-mask mIoU,
 student mask AP and boundary AP, AP as a percentage of the fully supervised student, and the
 labelling hours of the setting at COCO's per-image costs (seed 001 Table 1) for this many
-training images.
+training images. ``--seed N`` reads the students of that seed (``train-student --seed N``
+folders, ``<name>-<student>-seedN``), pseudo-masks being shared by every seed.
 """
 
 from __future__ import annotations
@@ -30,19 +32,20 @@ def _read(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def collect(root: Path, student_name: str = "mask2former") -> dict:
+def collect(root: Path, student_name: str = "mask2former", seed: int = 0) -> dict:
     runs = sorted(root.glob("*pct"), key=lambda p: float(re.sub(r"pct$", "", p.name)))
+    suffix = f"-seed{seed}" if seed else ""
     # the full student: copied into a column by pipeline.sh, or in <root>/full when
     # `make -j synthetic-table2` trains it beside the columns
-    fulls = (_read(p / "student" / f"full-{student_name}" / "metrics.json")
+    fulls = (_read(p / "student" / f"full-{student_name}{suffix}" / "metrics.json")
              for p in [*runs, root / "full"])
     full = next((m for m in fulls if m), None)
     rows = []
     for run in runs:
         fraction = float(run.name[:-3]) / 100
         for weak in SETTINGS:
-            student = _read(run / "student" / f"{weak.replace('+', '_')}-{student_name}"
-                            / "metrics.json")
+            folder = f"{weak.replace('+', '_')}-{student_name}{suffix}"
+            student = _read(run / "student" / folder / "metrics.json")
             pseudo = _read(run / "eval" / f"pseudo_{weak}.json")
             if student is None and pseudo is None:
                 continue
@@ -63,7 +66,8 @@ def collect(root: Path, student_name: str = "mask2former") -> dict:
     if full:
         n = len(load_coco(full["train"]).images)
         full_hours = labelling_cost("coco", "none", 1.0, n)["full_mask_hours"]
-    return {"student": student_name, "rows": rows, "full": full, "full_hours": full_hours}
+    return {"student": student_name, "seed": seed, "rows": rows, "full": full,
+            "full_hours": full_hours}
 
 
 def markdown(table: dict) -> str:
@@ -89,9 +93,11 @@ def main() -> None:
     ap.add_argument("root", type=Path)
     ap.add_argument("--student", default="mask2former", choices=("mask2former", "condinst"),
                     help="which pipeline students to read (scripts/pipeline.sh's STUDENT)")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="the students of this seed (train-student --seed; default 0)")
     ap.add_argument("--out", type=Path, default=None, help="prefix for .md and .json")
     args = ap.parse_args()
-    table = collect(args.root, args.student)
+    table = collect(args.root, args.student, args.seed)
     if not table["rows"]:
         raise SystemExit(f"{args.root}: no <N>pct run directories with results")
     text = markdown(table)

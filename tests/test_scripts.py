@@ -71,6 +71,16 @@ def test_table2_reads_a_full_student_trained_beside_the_columns(synth_dir, tmp_p
     assert table["full"]["segm"]["AP"] == 8.0
     assert [(r["weak"], r["percent_of_full"]) for r in table["rows"]] == [("point+class", 75.0)]
     assert table2.collect(tmp_path, "mask2former")["rows"] == []
+    # another seed's students (train-student --seed 1) beside them, read on their own
+    for path, ap in ((student, 3.0), (full, 4.0)):
+        seeded = path.with_name(path.name + "-seed1")
+        seeded.mkdir()
+        (seeded / "metrics.json").write_text(json.dumps(
+            {"train": str(train), "segm": {"AP": ap}, "boundary": {"AP": 1.0}}))
+    table = table2.collect(tmp_path, "condinst", seed=1)
+    assert table["full"]["segm"]["AP"] == 4.0
+    assert [(r["AP"], r["percent_of_full"]) for r in table["rows"]] == [(3.0, 75.0)]
+    assert table2.collect(tmp_path, "condinst")["rows"][0]["AP"] == 6.0
 
 
 def test_demo_quotes_the_readme_table2_figures():
