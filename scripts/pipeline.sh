@@ -14,9 +14,8 @@
 # GPUs, 1 without one) runs the model stages under torchrun --nproc_per_node NPROC;
 # STUDENT (mask2former, the default, or condinst) picks the student, SEED (default 0) its
 # seed (students of another seed train into their own folders beside the first; teachers and
-# pseudo-masks are shared) and STUDENT_ARGS adds flags to every train-student. Every stage
-# resumes, so re-running the same command after an
-# interruption continues.
+# pseudo-masks are shared) and STUDENT_ARGS adds flags to every train-student (not --seed).
+# Every stage resumes, so re-running the same command after an interruption continues.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -lt 3 ]; then
