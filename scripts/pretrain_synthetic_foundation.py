@@ -7,6 +7,8 @@
         --init pseudolabel/assets/sam_tiny_hr.safetensors --steps 2400 --lr 1e-4 \
         --data-seed 1001 --seed 1 --work runs/pretrain_hr2  # continues them (shipped: from 52b6864)
     python scripts/pretrain_synthetic_foundation.py gdino --steps 6000 --work runs/pretrain
+    python scripts/pretrain_synthetic_foundation.py gdino --steps 8000 --lr 1e-4 --warmup 100 \
+        --init pseudolabel/assets/gdino_tiny.safetensors --data-seed 1001 --work runs/gd2  # more
     python scripts/pretrain_synthetic_foundation.py clip  --steps 3000 --work runs/pretrain
     python scripts/pretrain_synthetic_foundation.py export --work runs/pretrain
 
@@ -85,7 +87,10 @@ def run_clip(args) -> None:
 def run_gdino(args) -> None:
     from pseudolabel.pretrain.grounding_dino import GdinoPretrainConfig, make_step
 
-    cfg = GdinoPretrainConfig(steps=args.steps, seed=args.seed, data_seed=args.data_seed)
+    cfg = GdinoPretrainConfig(steps=args.steps, seed=args.seed, data_seed=args.data_seed,
+                              init=args.init,
+                              **({"warmup": args.warmup} if args.warmup is not None else {}),
+                              **({"lr": args.lr} if args.lr is not None else {}))
     torch.manual_seed(cfg.seed)
     detector, opt, step_fn = make_step(cfg)
     out = args.work / "gdino"
@@ -135,8 +140,8 @@ def run_export(args) -> None:
                        f"--data-seed {cfg['data_seed']}"
                        + (f" --sam-model {sam_model}" if name == "sam" else "")
                        + (f" --init {cfg['init']}" if cfg.get("init") else "")
-                       + (f" --warmup {cfg['warmup']} --lr {cfg['lr']:g}" if name == "sam"
-                          else ""),
+                       + (f" --warmup {cfg['warmup']} --lr {cfg['lr']:g}"
+                          if name in ("sam", "gdino") else ""),
             "config": cfg, "steps": state["step"],
             "training_note": args.note.get(name, ""),
             "train_seconds": round(state["seconds"], 1),
@@ -167,7 +172,8 @@ def run_export(args) -> None:
         entry["subset_images"] = SUBSET
         old = manifest.get(name)
         init = Path(cfg.get("init") or "")
-        if name == "sam" and old and init.is_file() and _sha256(init) == old.get("sha256"):
+        if name in ("sam", "gdino") and old and init.is_file() \
+                and _sha256(init) == old.get("sha256"):
             # a continuation of the weights shipped so far: keep the stages that led to them
             entry["earlier_stages"] = old.pop("earlier_stages", []) + [
                 {k: old[k] for k in ("sha256", "command", "steps", "training_note",
@@ -191,9 +197,10 @@ def main() -> None:
     ap.add_argument("--sam-model", default="tiny", help="sam: tiny or tiny_hr")
     ap.add_argument("--init", default=None,
                     help="sam: start from weights: a plain tiny SAM's (into tiny_hr: all but "
-                         "the detail path) or the same model's (a continuation)")
-    ap.add_argument("--warmup", type=int, default=None, help="sam: warm-up steps")
-    ap.add_argument("--lr", type=float, default=None, help="sam: peak learning rate")
+                         "the detail path) or the same model's (a continuation); gdino: the "
+                         "tiny Grounding DINO's (a continuation)")
+    ap.add_argument("--warmup", type=int, default=None, help="sam, gdino: warm-up steps")
+    ap.add_argument("--lr", type=float, default=None, help="sam, gdino: peak learning rate")
     ap.add_argument("--stop-after", type=int, default=None,
                     help="stop this run after N steps (resume later with the same command)")
     args = ap.parse_args()

@@ -35,6 +35,7 @@ class GdinoPretrainConfig:
     size: int = 160
     data_seed: int = 2000
     seed: int = 0
+    init: str | None = None  # start from these weights (a continuation), else from scratch
 
 
 def lr_at(step: int, cfg: GdinoPretrainConfig) -> float:
@@ -71,8 +72,9 @@ def scene_targets(scene, order: list[int]) -> dict:
 
 
 def make_step(cfg: GdinoPretrainConfig):
-    """The detector, its optimizer and ``step_fn(step) -> stats`` for ``pretrain.loop.train``."""
-    detector = build_detector("tiny")
+    """The detector (``cfg.init``'s weights, or random), its optimizer and
+    ``step_fn(step) -> stats`` for ``pretrain.loop.train``."""
+    detector = build_detector("tiny", checkpoint=cfg.init)
     model = detector.model
     model.config.auxiliary_loss = True
     model.train()

@@ -71,3 +71,18 @@ def test_grounding_dino_step_and_batch_prompt():
     order = batch_prompt(scenes, np.random.default_rng(0))
     present = {o.class_index for sc in scenes for o in sc.objects}
     assert present <= set(order) and len(order) == len(set(order))
+
+
+def test_grounding_dino_continues_from_init_weights(tmp_path):
+    from pseudolabel.models.checkpoints import save_safetensors
+
+    torch.manual_seed(0)
+    first, _, step_fn = make_step(GdinoPretrainConfig(steps=2, batch_images=2, warmup=1))
+    step_fn(0)
+    path = tmp_path / "gdino.safetensors"
+    save_safetensors(path, first.model.state_dict())
+    torch.manual_seed(1)  # a different random init, replaced by the file's weights
+    again, _, _ = make_step(GdinoPretrainConfig(init=str(path)))
+    for (name, a), b in zip(first.model.state_dict().items(), again.model.state_dict().values(),
+                            strict=True):
+        assert torch.equal(a, b), name
