@@ -131,6 +131,9 @@ def run_export(args) -> None:
         if name == "clip":  # only the text tower ships, in fp16 (loaded back as fp32)
             weights = {k.removeprefix("tower."): v.half() for k, v in weights.items()
                        if k.startswith("tower.")}
+        # the weights a continuation started from, hashed before the export may overwrite them
+        init = Path(cfg.get("init") or "")
+        init_sha = _sha256(init) if init.is_file() else None
         save_safetensors(ASSETS / file, weights)
         history = state["history"]
         entry = {
@@ -171,9 +174,7 @@ def run_export(args) -> None:
         entry["eval_seconds"] = round(time.perf_counter() - t, 1)
         entry["subset_images"] = SUBSET
         old = manifest.get(name)
-        init = Path(cfg.get("init") or "")
-        if name in ("sam", "gdino") and old and init.is_file() \
-                and _sha256(init) == old.get("sha256"):
+        if name in ("sam", "gdino") and old and init_sha == old.get("sha256"):
             # a continuation of the weights shipped so far: keep the stages that led to them
             entry["earlier_stages"] = old.pop("earlier_stages", []) + [
                 {k: old[k] for k in ("sha256", "command", "steps", "training_note",

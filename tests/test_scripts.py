@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
@@ -96,3 +98,41 @@ def test_demo_quotes_the_readme_table2_figures():
                      re.M)
     assert re.search(rf"^\| 100% \| masks \| – \| {re.escape(full_ap)} \|", readme, re.M)
     assert "--student condinst" in demo
+
+
+def test_export_of_a_continuation_keeps_the_stage_it_continued(synth_dir, tmp_path,
+                                                                 monkeypatch):
+    """`pretrain_synthetic_foundation.py gdino --init <shipped weights>` then `export`: the
+    export overwrites the file the run started from, and the manifest still records that
+    earlier stage (its hash is taken before the overwrite). Detector AP is not under test."""
+    import pretrain_synthetic_foundation as pretrain
+
+    from pseudolabel.models.checkpoints import save_safetensors
+    from pseudolabel.models.grounding_dino import build_detector
+
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    shipped = assets / "gdino_tiny.safetensors"
+    save_safetensors(shipped, build_detector("tiny").model.state_dict())
+    (assets / "manifest.json").write_text(json.dumps(
+        {"gdino": {"sha256": pretrain._sha256(shipped), "command": "stage 1", "steps": 5}}))
+    work = tmp_path / "work" / "gdino"
+    work.mkdir(parents=True)
+    trained = build_detector("tiny").model.state_dict()
+    first = next(k for k, v in trained.items() if v.is_floating_point())
+    trained[first] = trained[first] + 1.0  # the continuation moved the weights
+    torch.save({"model": trained, "step": 2, "seconds": 1.0,
+                "history": [{"loss": 3.0}, {"loss": 2.0}]}, work / "state.pt")
+    (work / "config.json").write_text(json.dumps(
+        {"steps": 2, "seed": 0, "data_seed": 1001, "init": str(shipped), "warmup": 1,
+         "lr": 1e-4}))
+    monkeypatch.setattr(pretrain, "ASSETS", assets)
+    monkeypatch.setattr(pretrain, "_val", lambda work: synth_dir)
+    monkeypatch.setattr("pseudolabel.evaluation.teacher.detector_ap",
+                        lambda *a, **k: {"AP": 0.0, "AP50": 0.0})
+    monkeypatch.setattr(sys, "argv", ["x", "export", "--work", str(tmp_path / "work")])
+    pretrain.main()
+    entry = json.loads((assets / "manifest.json").read_text())["gdino"]
+    assert entry["sha256"] == pretrain._sha256(shipped) != entry["earlier_stages"][0]["sha256"]
+    assert entry["earlier_stages"][0]["command"] == "stage 1"
+    assert "--init" in entry["command"] and "--lr 0.0001" in entry["command"]
