@@ -197,6 +197,13 @@ def to_record_frame(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return mask[rows][:, cols]
 
 
+def needs_whole_image(setting: str, zoom: ZoomSpec | None, samrefiner: bool) -> bool:
+    """Whether ``setting``'s pseudo-masks decode on the whole image's embedding: always
+    without zoom; with it, P-SAM's lone points and SAMRefiner still do (box prompts are
+    decoded on their own crops)."""
+    return zoom is None or not zoom.on or samrefiner or setting == "point+class"
+
+
 def image_pseudo_masks(setting: str, teachers: Teachers, emb: ImageEmbeddings | None,
                        weak_anns: list[dict], tags: list[int] | None, detection,
                        refine: bool = True, samrefiner: bool = False,
@@ -218,8 +225,7 @@ def image_pseudo_masks(setting: str, teachers: Teachers, emb: ImageEmbeddings | 
     have no box to crop around and use the whole image. ``emb`` may be ``None`` where
     nothing decodes on the whole image (zoomed box prompts, no SAMRefiner).
     """
-    if emb is None and (image is None or zoom is None or not zoom.on or samrefiner
-                        or setting == "point+class"):
+    if emb is None and (image is None or needs_whole_image(setting, zoom, samrefiner)):
         raise ValueError(f"{setting}: decoding without the whole image's embedding needs the "
                          "image's pixels, zoomed box prompts and no P-SAM or SAMRefiner pass")
     decoded = tuple(image.shape[:2]) if emb is None else emb.original_sizes[0]

@@ -54,8 +54,7 @@ def distance_points(mask: np.ndarray) -> tuple[tuple[int, int], tuple[int, int] 
     """
     if not mask.any():
         raise ValueError("empty mask: no prompt can be mined from it")
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    x0, y0, x1, y1 = (int(v) for v in masks_to_boxes_xyxy(mask[None])[0])
     box = mask[y0:y1, x0:x1]
     # the tight box, padded by one background pixel, gives the image's distances: every
     # pixel outside the box is background, and a ring pixel is as near as any of them
@@ -198,8 +197,7 @@ def gaussian_mask_prompt(mask: np.ndarray, centre_rc: tuple[int, int], *,
     out = np.full(mask.shape, -omega, dtype=np.float32)
     if not mask.any():
         return out
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1  # only the box has mask
+    x0, y0, x1, y1 = (int(v) for v in masks_to_boxes_xyxy(mask[None])[0])  # only it has mask
     yy, xx = np.mgrid[y0:y1, x0:x1]
     d2 = (yy - centre_rc[0]) ** 2 + (xx - centre_rc[1]) ** 2
     g = omega * np.exp(-d2 / (int(mask.sum()) * gamma))

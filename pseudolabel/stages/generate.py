@@ -41,6 +41,7 @@ from pseudolabel.pseudo_masks import (
     detection_request,
     detections_for,
     image_pseudo_masks,
+    needs_whole_image,
     teachers_for,
     uses_detector,
 )
@@ -316,12 +317,6 @@ def _detect(jobs: list[Job], part_ids: list[int], pixels: list, detector,
     return results
 
 
-def needs_whole_image(kind: str, opts: GenerateOptions) -> bool:
-    """Whether ``kind``'s pseudo-masks decode on the whole image's embedding: always without
-    zoom; with it, P-SAM's lone points and SAMRefiner still do (box prompts are zoomed)."""
-    return not opts.zoom.on or opts.samrefiner or kind == "point+class"
-
-
 def run_part(part_ids: list[int], jobs: list[Job], images: list, opts: GenerateOptions,
              teachers: Teachers, detector) -> list[dict]:
     """One part of every job in ``jobs`` (all over ``part_ids``): per job, its image ids and
@@ -339,7 +334,8 @@ def run_part(part_ids: list[int], jobs: list[Job], images: list, opts: GenerateO
     # the whole image's embedding, for the images some job decodes on it (not every prompt
     # of a zoomed box kind: each of those is encoded on its own crop)
     whole = [k for k, image_id in enumerate(ok_ids)
-             if any(needs_whole_image(j.kinds[image_id], opts) for j in jobs)]
+             if any(needs_whole_image(j.kinds[image_id], opts.zoom, opts.samrefiner)
+                    for j in jobs)]
     embs: list = [None] * len(ok)
     for s in range(0, len(whole), opts.encode_batch):
         batch = whole[s: s + opts.encode_batch]
