@@ -39,8 +39,9 @@ PrecisionOpt = Annotated[str | None, typer.Option(
     "loss reductions stay fp32; fp16 training uses a gradient scaler). Default: the "
     "config's runtime.precision, else fp32.")]
 ZoomOpt = Annotated[float | None, typer.Option(
-    help="Decode every box prompt (generate: box+class, none, class and BP-SAM's refined "
-    "boxes; evaluate: box, box+point) on a crop this many times the box's longer side, "
+    help="Decode every box prompt (generate: box+class, none, class, BP-SAM's refined "
+    "boxes and SAMRefiner's; evaluate: box, box+point; refine: each mask's box) on a crop "
+    "this many times the box's longer side, "
     "resized to SAM's input; 0 decodes on the whole image as seed 001. One encoder pass "
     "per box. Default: the config's generate.zoom_context (3 in the synthetic default, 0 "
     "otherwise).")]
@@ -646,6 +647,7 @@ def refine(
     ignore: Annotated[int, typer.Option(help="--semantic: ignore value (kept as is).")] = 255,
     min_area: Annotated[int, typer.Option(help="--semantic: drop regions smaller than this "
                                           "(px) before merging.")] = 10,
+    zoom_context: ZoomOpt = None,
     sam_model: SamModelOpt = None,
     sam_checkpoint: SamCkptOpt = "default",
     device: DeviceOpt = None,
@@ -664,17 +666,18 @@ def refine(
         images = images if images is not None else ensure_data(cfg).images
         sam_model = sam_model or cfg.models.sam
         sam = load_refiner(sam_model, sam_checkpoint, adapter, _runtime(device, precision, cfg))
+        zoom = cfg.generate.zoom(zoom_context)
         if semantic is not None:
             out = out if out is not None else cfg.run_dir / "refined" / semantic.name
             summary = refine_semantic(semantic, images, out, sam, prompts=kinds, iters=iters,
-                                      cebox=cebox, background=background, ignore=ignore,
-                                      min_area=min_area)
+                                      cebox=cebox, zoom=zoom, background=background,
+                                      ignore=ignore, min_area=min_area)
             typer.echo(f"{summary.get('images', 0)} label maps, {summary.get('regions', 0)} "
                        f"regions refined; {summary.get('skipped_existing', 0)} already done")
         else:
             out = out if out is not None else cfg.run_dir / "refined" / coarse.name
             summary = refine_coco(coarse, images, out, sam, prompts=kinds, iters=iters,
-                                  cebox=cebox, manifest={"sam_model": sam_model,
+                                  cebox=cebox, zoom=zoom, manifest={"sam_model": sam_model,
                                                          "sam_checkpoint": sam_checkpoint,
                                                          "adapter": str(adapter) if adapter
                                                          else None})

@@ -219,7 +219,8 @@ def image_pseudo_masks(setting: str, teachers: Teachers, emb: ImageEmbeddings | 
     record's.
     ``samrefiner`` refines the final masks with SAMRefiner (seed 002: point + elastic box +
     Gaussian mask prompts mined from each mask, decoded in one batch from the same image
-    embedding, without class prompts); the quality record keeps its predicted IoU.
+    embedding, or each on its crop around its elastic box under ``zoom``; without class
+    prompts); the quality record keeps its predicted IoU.
     ``zoom`` (on) decodes the box-carrying prompts (``box``, ``box-cls`` and BP-SAM's box +
     point) on zoomed crops of ``image``, the decoded frame's pixels; P-SAM's lone points
     have no box to crop around and use the whole image. ``emb`` may be ``None`` where
@@ -253,7 +254,7 @@ def image_pseudo_masks(setting: str, teachers: Teachers, emb: ImageEmbeddings | 
                                          image, zoom)
     refined_iou = [None] * len(props)
     if samrefiner:
-        r = refine_masks(teachers.encoder, emb, masks)
+        r = refine_masks(teachers.encoder, emb, masks, zoom=zoom, image=image)
         masks, refined_iou = r.masks, [round(float(v), 6) for v in r.scores]
     return _annotations(props, masks, iou, stability, refined_iou, prompt, name, tags,
                         samrefiner, record_size)

@@ -15,7 +15,9 @@ Prompt excavation, §3.2:
 
 SAM runs in multimask mode and keeps, per mask, the output with the highest predicted IoU
 (§3.1); ``iters`` repeats with the refined mask as the new coarse mask. All masks of an image
-are decoded in one batch from one image encoding.
+are decoded in one batch from one image encoding, or (ours, off unless a ``ZoomSpec`` is
+given) each mask on its own crop around its box prompt, resized to SAM's input, as the
+pseudo-mask teachers decode box prompts on the synthetic world (``models.predictor.ZoomSpec``).
 
 Deviations from the authors' code (github.com/linyq2117/SAMRefiner), where the paper is
 followed instead: their Gaussian uses ``|M| / gamma`` and the distance-transform value rather
@@ -31,9 +33,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
+from segment_anything.utils.transforms import ResizeLongestSide
 
 from pseudolabel.data.masks import masks_to_boxes_xyxy
-from pseudolabel.models.predictor import ImageEmbeddings, PromptedSam
+from pseudolabel.models.predictor import ImageEmbeddings, PromptedSam, ZoomSpec
 
 PROMPTS = ("point", "box", "mask")
 LAMBDA = 0.1  # §4.1: CEBox threshold
@@ -217,6 +220,24 @@ def to_low_res(maps: np.ndarray, sam: PromptedSam, input_size: tuple[int, int],
     return F.interpolate(x, (sam.low_res_size,) * 2, mode="bilinear", align_corners=False)
 
 
+def to_low_res_crops(maps: np.ndarray, windows: np.ndarray, sam: PromptedSam,
+                     pad_value: float) -> torch.Tensor:
+    """``(N, H, W)`` maps at the image's resolution -> ``(N, 1, L, L)``, map ``i`` in the
+    frame of its crop ``windows[i]`` (``x0, y0, x1, y1``), as ``decode_zoomed`` encodes it."""
+    side = sam.sam.image_encoder.img_size
+    out = []
+    for m, (x0, y0, x1, y1) in zip(maps, windows, strict=True):
+        size = ResizeLongestSide.get_preprocess_shape(int(y1 - y0), int(x1 - x0), side)
+        out.append(to_low_res(m[None, y0:y1, x0:x1], sam, size, pad_value))
+    return torch.cat(out) if out else torch.zeros((0, 1, sam.low_res_size, sam.low_res_size))
+
+
+def needs_embedding(prompts: tuple[str, ...], cebox: bool, zoom: ZoomSpec | None) -> bool:
+    """Whether :func:`refine_masks` needs the whole image's embedding: it decodes there
+    unless zoomed around box prompts, and CEBox's similarity maps come from it either way."""
+    return zoom is None or not zoom.on or "box" not in prompts or cebox
+
+
 # -- refinement ------------------------------------------------------------------------------
 @dataclass
 class Refined:
@@ -238,12 +259,17 @@ def grid_size(sam: PromptedSam, input_size: tuple[int, int]) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def refine_masks(sam: PromptedSam, embedding: ImageEmbeddings, coarse: np.ndarray, *,
+def refine_masks(sam: PromptedSam, embedding: ImageEmbeddings | None, coarse: np.ndarray, *,
                  prompts: tuple[str, ...] = PROMPTS, iters: int = 1, cebox: bool = True,
-                 lam: float = LAMBDA, omega: float = OMEGA, gamma: float = GAMMA) -> Refined:
+                 lam: float = LAMBDA, omega: float = OMEGA, gamma: float = GAMMA,
+                 zoom: ZoomSpec | None = None, image: np.ndarray | None = None) -> Refined:
     """Refine ``coarse`` ``(N, H, W)`` masks of the image in ``embedding`` (one image).
 
     ``cebox=False`` prompts with the tight box of each mask instead of the elastic box.
+    ``zoom`` (on, with ``box`` among the prompts) decodes each mask on its own crop of
+    ``image`` (its ``(H, W, 3)`` pixels) around its box prompt; ``embedding`` may then be
+    ``None`` unless CEBox needs it (:func:`needs_embedding`). Without a box prompt there is
+    nothing to zoom around and the masks decode on the whole image, as P-SAM's points do.
 
     An empty coarse mask has no prompt; it stays empty with score 0. Where SAM returns an
     empty mask, the mask being refined is kept (score 0).
@@ -253,16 +279,23 @@ def refine_masks(sam: PromptedSam, embedding: ImageEmbeddings, coarse: np.ndarra
         raise ValueError(f"prompts {list(prompts)}: choose from {list(PROMPTS)}")
     if iters < 1:
         raise ValueError(f"iters must be >= 1, got {iters}")
+    zoomed = zoom is not None and zoom.on and "box" in prompts
+    if zoomed and image is None:
+        raise ValueError("zoomed refinement decodes each mask on a crop of the image: pass "
+                         "its pixels")
+    if embedding is None and needs_embedding(prompts, cebox, zoom):
+        raise ValueError("the whole image's embedding is needed (no zoom, or CEBox)")
     coarse = np.asarray(coarse, dtype=bool)
-    n, (h, w) = len(coarse), embedding.original_sizes[0]
-    if coarse.shape[1:] != (h, w):
+    n = len(coarse)
+    h, w = embedding.original_sizes[0] if embedding is not None else image.shape[:2]
+    if coarse.shape[1:] != (h, w) or (image is not None and image.shape[:2] != (h, w)):
         raise ValueError(f"coarse masks are {coarse.shape[1:]}, the image is {(h, w)}")
     masks = coarse.copy()
     scores = np.zeros(n, dtype=np.float32)
     boxes = np.zeros((n, 4))
     expanded = np.zeros(n, dtype=bool)
     live = np.flatnonzero(masks.reshape(n, -1).any(1))
-    input_size = embedding.input_sizes[0]
+    input_size = embedding.input_sizes[0] if embedding is not None else None
     if "box" in prompts and cebox:  # the image's features, shared by every mask and round
         grid = grid_size(sam, input_size)
         feats = embedding.embeddings[0]  # on SAM's device
@@ -293,8 +326,14 @@ def refine_masks(sam: PromptedSam, embedding: ImageEmbeddings, coarse: np.ndarra
         if "mask" in prompts:
             gm = np.stack([gaussian_mask_prompt(masks[i], pts[k][0], omega=omega, gamma=gamma)
                            for k, i in enumerate(live)])
-            kwargs["mask_logits"] = to_low_res(gm, sam, input_size, pad_value=-omega)
-        best, iou = sam.decode(embedding, multimask=True, **kwargs).best()
+            kwargs["mask_logits"] = (
+                to_low_res_crops(gm, zoom.windows(boxes[live], (h, w)), sam, -omega)
+                if zoomed else to_low_res(gm, sam, input_size, pad_value=-omega))
+        if zoomed:
+            d = sam.decode_zoomed(image, zoom, multimask=True, best_only=True, **kwargs)
+            best, iou = d.masks[:, 0], d.iou_predictions[:, 0]
+        else:
+            best, iou = sam.decode(embedding, multimask=True, **kwargs).best()
         best, iou = best.cpu().numpy(), iou.cpu().numpy()
         kept = best.reshape(len(live), -1).any(1)  # an empty output keeps the mask it refined
         masks[live[kept]] = best[kept]

@@ -379,15 +379,17 @@ class PromptedSam:
 
     @torch.no_grad()
     def decode_zoomed(self, image: np.ndarray, zoom: ZoomSpec, *, boxes_xyxy,
-                      points_xy=None, point_labels=None, class_ids=None,
+                      points_xy=None, point_labels=None, mask_logits=None, class_ids=None,
                       multimask: bool = False, best_only: bool = False,
                       stability_offset: float | None = None) -> Decoded:
         """Decode each box prompt on its own zoomed crop of ``image`` (see :class:`ZoomSpec`).
 
         Same prompts and output as :meth:`decode` (masks and logits in ``image``'s frame,
         zero / ``-inf`` outside the crop), except ``low_res_logits``, which are in each
-        prompt's crop frame. Every prompt costs an encoder pass over its crop, so this pays
-        where objects are small against the encoder's input, as on the synthetic world.
+        prompt's crop frame, as ``mask_logits`` (``(N, 1, L, L)``, the crop of
+        ``zoom.windows(boxes_xyxy, image size)[i]`` resized and padded like an image) must
+        be. Every prompt costs an encoder pass over its crop, so this pays where objects are
+        small against the encoder's input, as on the synthetic world.
         """
         boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
         n = len(boxes)
@@ -420,8 +422,10 @@ class PromptedSam:
                 box_t.append(b)
             points = None if pts is None else (torch.cat([p[0] for p in point_t]),
                                                torch.cat([p[1] for p in point_t]))
+            masks_in = None if mask_logits is None else torch.as_tensor(
+                mask_logits[s: s + chunk], dtype=torch.float32, device=self.device)
             low_res, iou = self.decode_tensors(
-                emb.embeddings.to(self.device), points, torch.cat(box_t), None,
+                emb.embeddings.to(self.device), points, torch.cat(box_t), masks_in,
                 None if class_ids is None else np.asarray(class_ids)[list(idx)], multimask)
             if best_only:
                 rows = torch.arange(len(iou), device=iou.device)

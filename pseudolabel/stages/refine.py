@@ -1,7 +1,8 @@
 """``pseudolabel refine``: SAMRefiner (seed 002) over a COCO file or a folder of label maps.
 
 Each image is encoded once and all its masks are refined in one batched decode
-(``pseudolabel.samrefiner.refine_masks``).
+(``pseudolabel.samrefiner.refine_masks``); with ``zoom`` on, each mask is decoded on its own
+crop around its box prompt (the whole image is still encoded when CEBox needs its features).
 
 * COCO instance masks: the output is the same COCO file with each non-crowd mask replaced by
   its refined mask (``bbox``, ``area`` recomputed) and a ``refine`` record (predicted IoU,
@@ -27,10 +28,10 @@ from pseudolabel.data.coco import CocoStreamWriter, load_coco
 from pseudolabel.data.images import load_image, read_full_image
 from pseudolabel.data.masks import mask_to_rle, rle_area, rle_to_mask, rle_to_xywh
 from pseudolabel.models import assets
-from pseudolabel.models.predictor import PromptedSam
+from pseudolabel.models.predictor import PromptedSam, ZoomSpec
 from pseudolabel.models.sam import build_sam
 from pseudolabel.runtime import CPU, Runtime
-from pseudolabel.samrefiner import PROMPTS, refine_masks, split_then_merge
+from pseudolabel.samrefiner import PROMPTS, needs_embedding, refine_masks, split_then_merge
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -48,24 +49,37 @@ def load_refiner(sam_model: str = "tiny_hr", checkpoint: str | None = "default",
     return PromptedSam(sam, runtime=runtime)
 
 
-def _options(prompts: tuple[str, ...], iters: int, cebox: bool) -> dict:
+def _options(prompts: tuple[str, ...], iters: int, cebox: bool, zoom: ZoomSpec | None
+             ) -> dict:
     unknown = [p for p in prompts if p not in PROMPTS]
     if unknown or not prompts:
         raise ValueError(f"--prompts {','.join(prompts)}: choose from {','.join(PROMPTS)}")
     if iters < 1:
         raise ValueError(f"--iters must be >= 1, got {iters}")
-    return {"prompts": tuple(prompts), "iters": iters, "cebox": cebox}
+    # a mask is zoomed around its box prompt; without one it decodes on the whole image
+    zoomed = zoom is not None and zoom.on and "box" in prompts
+    return {"prompts": tuple(prompts), "iters": iters, "cebox": cebox,
+            "zoom": zoom if zoomed else None}
+
+
+def _refine(sam: PromptedSam, pixels: np.ndarray, masks: np.ndarray, opts: dict):
+    """``refine_masks`` on one image, encoding it whole only where that is used."""
+    whole = needs_embedding(opts.get("prompts", PROMPTS), opts.get("cebox", True),
+                            opts.get("zoom"))
+    return refine_masks(sam, sam.encode([pixels]) if whole else None, masks, image=pixels,
+                        **opts)
 
 
 def refine_coco(coarse_path: str | Path, image_root: str | Path, out: str | Path,
                 sam: PromptedSam, *, prompts: tuple[str, ...] = PROMPTS, iters: int = 1,
-                cebox: bool = True, progress: bool = True, manifest: dict | None = None
-                ) -> dict:
+                cebox: bool = True, zoom: ZoomSpec | None = None, progress: bool = True,
+                manifest: dict | None = None) -> dict:
     """Refine every non-crowd mask of ``coarse_path``; write the refined COCO file to ``out``."""
-    opts = _options(prompts, iters, cebox)
+    opts = _options(prompts, iters, cebox, zoom)
     t0 = time.perf_counter()
     coarse = load_coco(coarse_path)
     manifest = {"coarse": str(coarse_path), **opts, "prompts": list(opts["prompts"]),
+                "zoom": opts["zoom"].record() if opts["zoom"] else None,
                 **(manifest or {}), "reference": "seed 002 (SAMRefiner)"}
     writer = CocoStreamWriter(Path(out), coarse, None)  # info, with failures, at the end
     counts: Counter = Counter()
@@ -85,7 +99,7 @@ def refine_coco(coarse_path: str | Path, image_root: str | Path, out: str | Path
                         writer.write(ann)
                     continue
                 masks = np.stack([rle_to_mask(coarse.rle(a)) for a in live])
-                refined = refine_masks(sam, sam.encode([pixels]), masks, **opts)
+                refined = _refine(sam, pixels, masks, opts)
             k = 0
             for ann in anns:
                 if ann.get("iscrowd", 0):
@@ -137,7 +151,7 @@ def refine_label_map(sam: PromptedSam, pixels: np.ndarray, labels: np.ndarray, *
             owner.append(c)
     out = np.full(labels.shape, background, dtype=labels.dtype)
     if regions:
-        refined = refine_masks(sam, sam.encode([pixels]), np.stack(regions), **opts)
+        refined = _refine(sam, pixels, np.stack(regions), opts)
         best = np.full(labels.shape, -np.inf)
         for mask, score, c in zip(refined.masks, refined.scores, owner, strict=True):
             win = mask & (score > best)
@@ -149,10 +163,10 @@ def refine_label_map(sam: PromptedSam, pixels: np.ndarray, labels: np.ndarray, *
 
 def refine_semantic(coarse_dir: str | Path, image_root: str | Path, out_dir: str | Path,
                     sam: PromptedSam, *, prompts: tuple[str, ...] = PROMPTS, iters: int = 1,
-                    cebox: bool = True, background: int = 0, ignore: int = 255,
-                    min_area: int = 10, progress: bool = True) -> dict:
+                    cebox: bool = True, zoom: ZoomSpec | None = None, background: int = 0,
+                    ignore: int = 255, min_area: int = 10, progress: bool = True) -> dict:
     """Refine every ``*.png`` label map of ``coarse_dir`` into ``out_dir`` (same names)."""
-    opts = _options(prompts, iters, cebox)
+    opts = _options(prompts, iters, cebox, zoom)
     coarse_dir, image_root, out_dir = Path(coarse_dir), Path(image_root), Path(out_dir)
     files = sorted(coarse_dir.glob("*.png"))
     if not files:

@@ -133,6 +133,23 @@ def test_samrefiner_refines_the_pseudo_masks(weak_files, synth_dir, tmp_path):
     assert len(list((tmp_path / "b" / "pseudo" / ".parts").iterdir())) == 1
 
 
+def test_samrefiner_follows_the_zoom(weak_files, synth_dir, tmp_path, monkeypatch):
+    import pseudolabel.pseudo_masks as pm
+
+    real, seen = pm.refine_masks, []
+
+    def spy(sam, emb, masks, **kw):
+        seen.append((kw.get("zoom"), kw.get("image") is not None and emb is not None))
+        return real(sam, emb, masks, **kw)
+
+    monkeypatch.setattr(pm, "refine_masks", spy)
+    zoom = ZoomSpec(context=2.0, min_side=0.2)
+    summary = _generate("box+class", weak_files, synth_dir, tmp_path, samrefiner=True,
+                        zoom=zoom)
+    assert summary["pseudo_masks"] > 0
+    assert seen and set(seen) == {(zoom, True)}  # CEBox reads the whole image's features
+
+
 def test_killed_run_resumes_to_identical_bytes(weak_files, synth_dir, tmp_path, monkeypatch):
     whole = _generate("box+class", weak_files, synth_dir, tmp_path / "a")
     real, calls = gen.run_part, []

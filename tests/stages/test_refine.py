@@ -13,8 +13,9 @@ from typer.testing import CliRunner
 from pseudolabel.cli import app
 from pseudolabel.data.coco import load_coco
 from pseudolabel.data.images import load_image, resolve_image_path
-from pseudolabel.data.masks import rle_area, rle_to_mask, rle_to_xywh
-from pseudolabel.samrefiner import refine_masks
+from pseudolabel.data.masks import masks_to_boxes_xyxy, rle_area, rle_to_mask, rle_to_xywh
+from pseudolabel.models.predictor import ZoomSpec
+from pseudolabel.samrefiner import refine_masks, to_low_res, to_low_res_crops
 from pseudolabel.stages.refine import adapt_iou, load_refiner, refine_coco, refine_semantic
 
 
@@ -69,6 +70,71 @@ def test_refine_coco_writes_each_mask_refined(sam, synth_dir, tmp_path):
         assert a["area"] == rle_area(a["segmentation"])
         assert set(a["refine"]) == {"predicted_iou", "box", "box_expanded"}
         assert a["refine"]["box_expanded"] is False
+
+
+def test_zoomed_refinement_decodes_each_mask_on_its_own_crop(sam, synth_dir):
+    pixels, masks = _image_masks(synth_dir)
+    zoom = ZoomSpec(3.0)
+    tight = refine_masks(sam, None, masks, prompts=("box",), cebox=False, zoom=zoom,
+                         image=pixels)  # no whole-image embedding needed
+    d = sam.decode_zoomed(pixels, zoom, boxes_xyxy=masks_to_boxes_xyxy(masks), multimask=True,
+                          best_only=True)
+    kept = d.masks[:, 0].numpy().reshape(len(masks), -1).any(1)
+    assert kept.all()
+    np.testing.assert_array_equal(tight.masks, d.masks[:, 0].numpy())
+    emb = sam.encode([pixels])
+    whole = refine_masks(sam, emb, masks, prompts=("box",), cebox=False)
+    assert not np.array_equal(tight.masks, whole.masks)  # the zoom changed what SAM saw
+    # every prompt kind zoomed, batched as one mask at a time: each mask's Gaussian prompt
+    # is cropped to its own window
+    together = refine_masks(sam, emb, masks, zoom=zoom, image=pixels)
+    for i in range(len(masks)):
+        alone = refine_masks(sam, emb, masks[i:i + 1], zoom=zoom, image=pixels)
+        assert (alone.masks[0] == together.masks[i]).mean() > 0.999
+        assert alone.scores[0] == pytest.approx(together.scores[i], abs=1e-4)
+    # without a box prompt there is nothing to zoom around: the whole image decodes
+    points = refine_masks(sam, emb, masks, prompts=("point",), zoom=zoom, image=pixels)
+    np.testing.assert_array_equal(points.masks,
+                                  refine_masks(sam, emb, masks, prompts=("point",)).masks)
+    with pytest.raises(ValueError, match="embedding is needed"):
+        refine_masks(sam, None, masks, zoom=zoom, image=pixels)  # CEBox reads the features
+    with pytest.raises(ValueError, match="pass its pixels"):
+        refine_masks(sam, emb, masks, prompts=("box",), zoom=zoom)
+
+
+def test_mask_prompt_crop_covering_the_image_is_the_image_frame(sam):
+    maps = np.random.default_rng(0).normal(size=(2, 48, 80)).astype(np.float32)
+    whole = np.array([[0, 0, 80, 48]] * 2)
+    side = sam.sam.image_encoder.img_size
+    torch.testing.assert_close(to_low_res_crops(maps, whole, sam, -15.0),
+                               to_low_res(maps, sam, (side * 48 // 80, side), -15.0))
+
+
+def test_refine_coco_zoom_encodes_whole_images_only_for_cebox(sam, synth_dir, tmp_path,
+                                                              monkeypatch):
+    import pseudolabel.stages.refine as stage
+
+    seen = []
+
+    def spy(sam_, embedding, coarse, **kw):
+        seen.append(embedding is not None)
+        return refine_masks(sam_, embedding, coarse, **kw)
+
+    monkeypatch.setattr(stage, "refine_masks", spy)
+    coarse = synth_dir / "annotations" / "val.json"
+    zoom = ZoomSpec(3.0)
+    for cebox in (False, True):
+        seen.clear()
+        out = tmp_path / f"refined-{cebox}.json"
+        refine_coco(coarse, synth_dir / "images", out, sam, prompts=("box",), cebox=cebox,
+                    zoom=zoom, progress=False)
+        assert seen and set(seen) == {cebox}
+        info = json.loads(out.read_text())["info"]["pseudolabel_refine"]
+        assert info["zoom"] == {"context": 3.0, "min_side": 0.3}
+    refine_coco(coarse, synth_dir / "images", tmp_path / "p.json", sam, prompts=("point",),
+                zoom=zoom, progress=False)  # no box: not zoomed, and recorded so
+    assert json.loads((tmp_path / "p.json").read_text())["info"]["pseudolabel_refine"][
+        "zoom"] is None
 
 
 def test_refine_semantic_resumes_and_keeps_ignore(sam, synth_dir, tmp_path):
