@@ -667,6 +667,9 @@ def refine(
         sam_model = sam_model or cfg.models.sam
         sam = load_refiner(sam_model, sam_checkpoint, adapter, _runtime(device, precision, cfg))
         zoom = cfg.generate.zoom(zoom_context)
+        if zoom.on and "box" in kinds:
+            typer.echo(f"each mask decoded on a crop around its box prompt (zoom context "
+                       f"{zoom.context:g}); --zoom-context 0 decodes on the whole image")
         if semantic is not None:
             out = out if out is not None else cfg.run_dir / "refined" / semantic.name
             summary = refine_semantic(semantic, images, out, sam, prompts=kinds, iters=iters,
