@@ -199,6 +199,7 @@ def test_student_trains_and_predicts_on_the_device(arch, synth_dir, tmp_path):
 
 @pytest.mark.filterwarnings(SKIPPED_LOAD)
 def test_refine_adapt_wan_and_evaluation_run_on_the_device(synth_dir, tmp_path):
+    from pseudolabel.models.predictor import ZoomSpec
     from pseudolabel.stages.model_eval import evaluate_detector, evaluate_teacher
     from pseudolabel.stages.noise import wan_file
     from pseudolabel.stages.refine import adapt_iou, load_refiner, refine_coco
@@ -214,6 +215,8 @@ def test_refine_adapt_wan_and_evaluation_run_on_the_device(synth_dir, tmp_path):
     def run():
         sam = load_refiner("tiny", None, runtime=DEVICE)
         refine_coco(gt, images, tmp_path / "refined.json", sam, progress=False)
+        refine_coco(gt, images, tmp_path / "refined-zoom.json", sam, zoom=ZoomSpec(3.0),
+                    progress=False)  # points, CEBox and the Gaussian mask on each crop
         adapt_iou(gt, images, tmp_path / "adapter.safetensors", sam, progress=False)
         wan_file(gt, images, tmp_path / "wan.json", "medium", checkpoint=None,
                  evaluate=False, progress=False, runtime=DEVICE)
