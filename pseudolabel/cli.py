@@ -787,7 +787,7 @@ def train_student(
     from dataclasses import replace
 
     from pseudolabel.config import ensure_data
-    from pseudolabel.stages.train_student import StudentConfig, evaluate_student
+    from pseudolabel.stages.train_student import StudentConfig, evaluate_student, student_folder
     from pseudolabel.stages.train_student import train_student as run_train
 
     if student not in ("mask2former", "condinst"):
@@ -824,11 +824,9 @@ def train_student(
         rt.barrier()  # rank 0 may be writing the synthetic data
         if full:
             train_file, name = data.train, "full"
-        seeded = f"-seed{scfg.seed}" if scfg.seed else ""
-        out_dir = run_dir / "student" / (f"{name}-{student}"
-                                         + ("-quality" if quality_weighted else "")
-                                         + (f"-boxseg-{qam}-{copy_paste}" if boxseg else "")
-                                         + seeded)
+        out_dir = run_dir / "student" / student_folder(
+            name, student, scfg.seed, ("-quality" if quality_weighted else "")
+            + (f"-boxseg-{qam}-{copy_paste}" if boxseg else ""))
         if boxseg:
             summary = _train_boxseg(train_file, data.images, out_dir, scfg, qam, copy_paste,
                                     fixed_k, export_pseudo, rt)
@@ -840,7 +838,8 @@ def train_student(
             typer.echo(f"trained {summary['steps']} steps in {summary['seconds']:.0f} s "
                        f"(final loss {summary['final_loss']:.3f}); checkpoint in {out_dir}")
         if evaluate:
-            full_metrics = run_dir / "student" / f"full-{student}{seeded}" / "metrics.json"
+            full_metrics = (run_dir / "student" / student_folder("full", student, scfg.seed)
+                            / "metrics.json")
             m = evaluate_student(out_dir, data.val, data.images, progress=rt.is_main,
                                  full_metrics=None if full else full_metrics, runtime=rt)
             if not rt.is_main:

@@ -229,7 +229,7 @@ def to_low_res_crops(maps: np.ndarray, windows: np.ndarray, sam: PromptedSam,
     for m, (x0, y0, x1, y1) in zip(maps, windows, strict=True):
         size = ResizeLongestSide.get_preprocess_shape(int(y1 - y0), int(x1 - x0), side)
         out.append(to_low_res(m[None, y0:y1, x0:x1], sam, size, pad_value))
-    return torch.cat(out) if out else torch.zeros((0, 1, sam.low_res_size, sam.low_res_size))
+    return torch.cat(out)
 
 
 def needs_embedding(prompts: tuple[str, ...], cebox: bool, zoom: ZoomSpec | None) -> bool:

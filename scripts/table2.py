@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pseudolabel.data.coco import load_coco
 from pseudolabel.stages.cost import labelling_cost
-from pseudolabel.stages.train_student import percent_of_full
+from pseudolabel.stages.train_student import percent_of_full, student_folder
 
 SETTINGS = ("none", "class", "point+class", "box+class")
 
@@ -34,18 +34,17 @@ def _read(path: Path) -> dict | None:
 
 def collect(root: Path, student_name: str = "mask2former", seed: int = 0) -> dict:
     runs = sorted(root.glob("*pct"), key=lambda p: float(re.sub(r"pct$", "", p.name)))
-    suffix = f"-seed{seed}" if seed else ""
     # the full student: copied into a column by pipeline.sh, or in <root>/full when
     # `make -j synthetic-table2` trains it beside the columns
-    fulls = (_read(p / "student" / f"full-{student_name}{suffix}" / "metrics.json")
+    fulls = (_read(p / "student" / student_folder("full", student_name, seed) / "metrics.json")
              for p in [*runs, root / "full"])
     full = next((m for m in fulls if m), None)
     rows = []
     for run in runs:
         fraction = float(run.name[:-3]) / 100
         for weak in SETTINGS:
-            folder = f"{weak.replace('+', '_')}-{student_name}{suffix}"
-            student = _read(run / "student" / folder / "metrics.json")
+            student = _read(run / "student" / student_folder(weak, student_name, seed)
+                            / "metrics.json")
             pseudo = _read(run / "eval" / f"pseudo_{weak}.json")
             if student is None and pseudo is None:
                 continue

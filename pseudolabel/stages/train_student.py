@@ -128,6 +128,13 @@ def _student_loss(model, module, samples: list, seeds: list[int], cfg: StudentCo
     return module.get_loss(losses)
 
 
+def student_folder(name: str, arch: str, seed: int = 0, suffix: str = "") -> str:
+    """Folder of a student under ``<run_dir>/student``: ``<name>-<arch>[<suffix>][-seedN]``
+    (``name`` the weak setting with ``+`` as ``_``, or ``full``; ``suffix`` a variant such
+    as ``-quality``). Seed 0 has no seed suffix."""
+    return f"{name.replace('+', '_')}-{arch}{suffix}" + (f"-seed{seed}" if seed else "")
+
+
 def percent_of_full(ap: float, full_ap: float) -> float | None:
     """A student's mask AP as a percentage of the fully supervised student's (seed 001
     Table 2); None when the full student scored 0."""
