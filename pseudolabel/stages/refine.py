@@ -10,12 +10,15 @@ crop around its box prompt (the whole image is still encoded when CEBox needs it
 * Semantic label maps (one PNG per image, class values, ``background`` and ``ignore``
   values): each class's mask is split into regions and merged (split-then-merge, §3.2);
   every region is refined like an instance; the refined regions are painted back, the one
-  with the higher predicted IoU winning where two overlap; ignore pixels stay ignore. Output
-  PNGs already present are skipped, so an interrupted run resumes.
+  with the higher predicted IoU winning where two overlap; ignore pixels stay ignore. The
+  options are recorded in the output folder's ``refine.json``; output PNGs already present
+  are skipped, so an interrupted run resumes, and a run with other options refuses a folder
+  that holds maps made with different ones.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -164,14 +167,24 @@ def refine_label_map(sam: PromptedSam, pixels: np.ndarray, labels: np.ndarray, *
 def refine_semantic(coarse_dir: str | Path, image_root: str | Path, out_dir: str | Path,
                     sam: PromptedSam, *, prompts: tuple[str, ...] = PROMPTS, iters: int = 1,
                     cebox: bool = True, zoom: ZoomSpec | None = None, background: int = 0,
-                    ignore: int = 255, min_area: int = 10, progress: bool = True) -> dict:
-    """Refine every ``*.png`` label map of ``coarse_dir`` into ``out_dir`` (same names)."""
+                    ignore: int = 255, min_area: int = 10, progress: bool = True,
+                    manifest: dict | None = None) -> dict:
+    """Refine every ``*.png`` label map of ``coarse_dir`` into ``out_dir`` (same names).
+
+    ``manifest`` (e.g. the SAM model and checkpoint) is recorded beside the options in
+    ``out_dir/refine.json``; maps already in ``out_dir`` are kept only when that record
+    matches (else ``ValueError``: they were refined otherwise)."""
     opts = _options(prompts, iters, cebox, zoom)
     coarse_dir, image_root, out_dir = Path(coarse_dir), Path(image_root), Path(out_dir)
     files = sorted(coarse_dir.glob("*.png"))
     if not files:
         raise ValueError(f"{coarse_dir}: no .png label maps found")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    record = {"coarse": str(coarse_dir.resolve()), "prompts": list(opts["prompts"]),
+              "iters": iters, "cebox": cebox,
+              "zoom": opts["zoom"].record() if opts["zoom"] else None,
+              "background": background, "ignore": ignore, "min_area": min_area,
+              **(manifest or {}), "reference": "seed 002 (SAMRefiner)"}
+    _claim_folder(out_dir, record, [f.name for f in files])
     counts: Counter = Counter()
     failed = []
     for path in tqdm(files, desc="refine semantic", unit="img", disable=not progress):
@@ -192,6 +205,26 @@ def refine_semantic(coarse_dir: str | Path, image_root: str | Path, out_dir: str
         counts["images"] += 1
         counts["regions"] += n
     return {"out": str(out_dir), **counts, "failed": failed}
+
+
+def _claim_folder(out_dir: Path, record: dict, names: list[str]) -> None:
+    """Write ``record`` to ``out_dir/refine.json``, or check it against the one there when
+    ``out_dir`` already holds some of ``names``."""
+    path = out_dir / "refine.json"
+    done = [n for n in names if (out_dir / n).is_file()]
+    if done:
+        old = json.loads(path.read_text()) if path.is_file() else None
+        if old != json.loads(json.dumps(record)):
+            what = ("were refined with other options: " + ", ".join(
+                f"{k} {old.get(k)!r} -> {record.get(k)!r}" for k in sorted(
+                    set(old) | set(record)) if old.get(k) != record.get(k))
+                    if old is not None else "carry no refine.json record of their options")
+            raise ValueError(f"{out_dir}: {len(done)} label maps there {what}; pass another "
+                             "--out or delete them")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(path)
 
 
 def _label_map_and_image(path: Path, image_root: Path) -> tuple[np.ndarray, np.ndarray]:

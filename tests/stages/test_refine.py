@@ -160,6 +160,15 @@ def test_refine_semantic_resumes_and_keeps_ignore(sam, synth_dir, tmp_path):
         assert (out[:2, :2] == 255).all()
     again = refine_semantic(coarse_dir, image_dir, tmp_path / "out", sam, progress=False)
     assert again["skipped_existing"] == 3 and "images" not in again
+    record = json.loads((tmp_path / "out" / "refine.json").read_text())
+    assert record["iters"] == 1 and record["prompts"] == ["point", "box", "mask"]
+    # maps refined otherwise are not passed off as this run's
+    with pytest.raises(ValueError, match="3 label maps there were refined with other options: "
+                       "iters 1 -> 2"):
+        refine_semantic(coarse_dir, image_dir, tmp_path / "out", sam, iters=2, progress=False)
+    (tmp_path / "out" / "refine.json").unlink()
+    with pytest.raises(ValueError, match="carry no refine.json record"):
+        refine_semantic(coarse_dir, image_dir, tmp_path / "out", sam, progress=False)
 
 
 def test_adapter_changes_the_ranking_not_the_masks(synth_dir, tmp_path):
