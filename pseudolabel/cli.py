@@ -667,6 +667,8 @@ def refine(
         sam_model = sam_model or cfg.models.sam
         sam = load_refiner(sam_model, sam_checkpoint, adapter, _runtime(device, precision, cfg))
         zoom = cfg.generate.zoom(zoom_context)
+        refiner = {"sam_model": sam_model, "sam_checkpoint": sam_checkpoint,
+                   "adapter": str(adapter) if adapter else None}
         if zoom.on and "box" in kinds:
             typer.echo(f"each mask decoded on a crop around its box prompt (zoom context "
                        f"{zoom.context:g}); --zoom-context 0 decodes on the whole image")
@@ -674,16 +676,13 @@ def refine(
             out = out if out is not None else cfg.run_dir / "refined" / semantic.name
             summary = refine_semantic(semantic, images, out, sam, prompts=kinds, iters=iters,
                                       cebox=cebox, zoom=zoom, background=background,
-                                      ignore=ignore, min_area=min_area)
+                                      ignore=ignore, min_area=min_area, manifest=refiner)
             typer.echo(f"{summary.get('images', 0)} label maps, {summary.get('regions', 0)} "
                        f"regions refined; {summary.get('skipped_existing', 0)} already done")
         else:
             out = out if out is not None else cfg.run_dir / "refined" / coarse.name
             summary = refine_coco(coarse, images, out, sam, prompts=kinds, iters=iters,
-                                  cebox=cebox, zoom=zoom, manifest={"sam_model": sam_model,
-                                                         "sam_checkpoint": sam_checkpoint,
-                                                         "adapter": str(adapter) if adapter
-                                                         else None})
+                                  cebox=cebox, zoom=zoom, manifest=refiner)
             typer.echo(f"{summary.get('refined', 0)} masks refined on {summary['images']} "
                        f"images ({summary.get('box_expanded', 0)} boxes grown by CEBox) in "
                        f"{summary['seconds']:.1f} s")
@@ -764,9 +763,10 @@ def train_student(
     qam: Annotated[str, typer.Option(
         help="--boxseg: Quality-Aware Module: off (BoxInst losses only), bpma, bqr, bqr+qmf "
         "or full (seed 000 Table 4).")] = "full",
-    copy_paste: Annotated[str, typer.Option(
-        help="--boxseg: peer-assisted copy-paste: off, random or quality (Table 5).")
-                          ] = "quality",
+    copy_paste: Annotated[str | None, typer.Option(
+        help="Peer-assisted copy-paste (seed 000 Algorithm 1, Table 5): off, random (any "
+        "mask, anywhere) or quality (masks scoring > 0.5 that overlap nothing, pasted over an "
+        "object). Default: quality with --boxseg, off otherwise.")] = None,
     fixed_k: Annotated[int | None, typer.Option(
         help="--boxseg: a fixed number of fused candidates instead of eq. 4's adaptive K.")
                        ] = None,
@@ -794,6 +794,10 @@ def train_student(
         _fail(f"unknown student {student!r}; available: mask2former, condinst")
     if full == (weak is not None):
         _fail("give exactly one of --weak W or --full")
+    if copy_paste is None:
+        copy_paste = "quality" if boxseg else "off"
+    if copy_paste not in ("off", "random", "quality"):
+        _fail(f"--copy-paste {copy_paste!r}: expected off, random or quality")
     if boxseg and (full or student != "condinst"):
         _fail("--boxseg trains a CondInst student from boxes: give --student condinst and "
               "--weak box+class (or --pseudo FILE)")
@@ -826,13 +830,15 @@ def train_student(
             train_file, name = data.train, "full"
         out_dir = run_dir / "student" / student_folder(
             name, student, scfg.seed, ("-quality" if quality_weighted else "")
-            + (f"-boxseg-{qam}-{copy_paste}" if boxseg else ""))
+            + (f"-boxseg-{qam}-{copy_paste}" if boxseg else "")
+            + (f"-paste-{copy_paste}" if copy_paste != "off" and not boxseg else ""))
         if boxseg:
             summary = _train_boxseg(train_file, data.images, out_dir, scfg, qam, copy_paste,
                                     fixed_k, export_pseudo, rt)
         else:
             summary = run_train(train_file, data.images, out_dir, scfg,
-                                quality_weighted=quality_weighted, runtime=rt,
+                                quality_weighted=quality_weighted, copy_paste=copy_paste,
+                                runtime=rt,
                                 progress=rt.is_main, workers=workers)
         if rt.is_main:
             typer.echo(f"trained {summary['steps']} steps in {summary['seconds']:.0f} s "

@@ -27,6 +27,7 @@ from pseudolabel.stages.train_student import (
     evaluate_student,
     train_student,
 )
+from pseudolabel.students.copy_paste import PeerPool
 from pseudolabel.students.data import InstanceData
 from pseudolabel.students.loader import StepBatches
 from pseudolabel.students.norm import sync_batch_norm
@@ -66,7 +67,8 @@ def guard_writes(out: Path) -> None:
 
 def first_step_gradients(arch: str, rt, train: Path, images: Path, out: Path) -> None:
     """The gradient of step 0 as train_student computes it (after DDP's average), saved by
-    rank 0 to ``out/grad-<arch>.pt``."""
+    rank 0 to ``out/grad-<arch>.pt``; CondInst's batch has copy-paste peers (so ranks must
+    draw the peers one process would)."""
     cfg = replace(STUDENT, arch=arch)
     data = InstanceData(train, images)
     module = build_student(cfg, len(data.category_ids))
@@ -78,7 +80,8 @@ def first_step_gradients(arch: str, rt, train: Path, images: Path, out: Path) ->
     samples, seeds = StepBatches(data, batch=cfg.batch, rank=rt.rank, world=rt.world_size,
                                  seed=cfg.seed, size=cfg.size,
                                  scale_range=(cfg.scale_min, cfg.scale_max), start=0,
-                                 end=1)[0]
+                                 end=1, peers=PeerPool(data, "quality")
+                                 if arch == "condinst" else None)[0]
     torch.manual_seed(cfg.seed * 1_000_003)
     _student_loss(model, module, samples, seeds, cfg, rt).backward()
     if rt.is_main:

@@ -41,6 +41,7 @@ from pseudolabel.evaluation.coco_eval import evaluate_masks
 from pseudolabel.pretrain.loop import load_state, train
 from pseudolabel.runtime import CPU, Runtime
 from pseudolabel.students.condinst import CondInst
+from pseudolabel.students.copy_paste import PeerPool
 from pseudolabel.students.data import InstanceData, resize_for_inference
 from pseudolabel.students.loader import StepBatches, step_loader
 from pseudolabel.students.mask2former import (
@@ -164,24 +165,29 @@ def _check_settings(out_dir: Path, settings: dict, runtime: Runtime) -> None:
 
 def train_student(train_path: str | Path, image_root: str | Path, out_dir: str | Path,
                   cfg: StudentConfig = StudentConfig(), *, quality_weighted: bool = False,
-                  progress: bool = True, stop_after: int | None = None,
+                  copy_paste: str = "off", progress: bool = True, stop_after: int | None = None,
                   runtime: Runtime = CPU, workers: int = 0) -> dict:
     """Train (or resume) a student (``cfg.arch``) on ``train_path``; checkpoint in ``out_dir``.
 
     ``quality_weighted`` scales each mask's loss by its annotation's ``score`` (the teacher's
-    predicted IoU of a pseudo-mask; GT masks, which have none, weigh 1). The model trains on
+    predicted IoU of a pseudo-mask; GT masks, which have none, weigh 1). ``copy_paste``
+    (``off``, ``random`` or ``quality``) pastes a peer into every image (seed 000 Algorithm 1,
+    see ``students.copy_paste``; ``quality`` peers score above 0.5). The model trains on
     ``runtime.device`` under its autocast (fp16 with a gradient scaler), under DDP when the
     runtime has several ranks; ``workers`` DataLoader processes prepare the batches.
     """
     out_dir = Path(out_dir)
     data = InstanceData(train_path, image_root, weight_key="score" if quality_weighted else None)
+    peers = PeerPool(data, copy_paste) if copy_paste != "off" else None
     module = build_student(cfg, len(data.category_ids)).to(runtime.device)
     if runtime.distributed:  # BN over the global batch (ranks train as one process)
         sync_batch_norm(module, runtime.device)
     module.train()
-    _check_settings(out_dir, {"config": asdict(cfg), "train": str(train_path),
-                              "categories": data.category_ids,
-                              "quality_weighted": quality_weighted}, runtime)
+    settings = {"config": asdict(cfg), "train": str(train_path),
+                "categories": data.category_ids, "quality_weighted": quality_weighted}
+    if peers is not None:  # absent when off: students trained before the option still resume
+        settings |= {"copy_paste": copy_paste, "peers": len(peers)}
+    _check_settings(out_dir, settings, runtime)
     runtime.barrier()
     model = module
     if runtime.distributed:
@@ -198,7 +204,8 @@ def train_student(train_path: str | Path, image_root: str | Path, out_dir: str |
             end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
             ds = StepBatches(data, batch=cfg.batch, rank=runtime.rank,
                              world=runtime.world_size, seed=cfg.seed, size=cfg.size,
-                             scale_range=(cfg.scale_min, cfg.scale_max), start=step, end=end)
+                             scale_range=(cfg.scale_min, cfg.scale_max), start=step, end=end,
+                             peers=peers)
             state["it"] = iter(step_loader(ds, workers, runtime.device.type == "cuda"))
             state["next"] = step
         if step != state["next"]:

@@ -65,8 +65,9 @@ class AnnotationIndex:
     """Images of a COCO file and their non-crowd instance masks in flat arrays.
 
     ``weight_key`` (e.g. ``"score"``) takes each annotation's mask-loss weight from that
-    field (seed 000 eq. 1); annotations without it (GT) weigh 1. Polygons and uncompressed
-    RLE are stored as compressed RLE.
+    field (seed 000 eq. 1); annotations without it (GT) weigh 1. ``quality`` holds every
+    annotation's ``score`` (1 without one) for copy-paste's choice of peers. Polygons and
+    uncompressed RLE are stored as compressed RLE.
     """
 
     def __init__(self, coco: CocoDataset, weight_key: str | None = None,
@@ -79,7 +80,7 @@ class AnnotationIndex:
         self.ids = np.array([img["id"] for img in images], dtype=np.int64)
         self.sizes = np.array([(img["height"], img["width"]) for img in images], dtype=np.int32)
         self.file_names = _Strings([img["file_name"].encode() for img in images])
-        starts, labels, weights, rles, boxes, ids = [0], [], [], [], [], []
+        starts, labels, weights, quality, rles, boxes, ids = [0], [], [], [], [], [], []
         for img in images:
             for a in coco.anns_by_image[img["id"]]:
                 has_mask = "segmentation" in a
@@ -87,6 +88,7 @@ class AnnotationIndex:
                     continue
                 labels.append(class_index[a["category_id"]])
                 weights.append(float(a.get(weight_key, 1.0)) if weight_key else 1.0)
+                quality.append(float(a.get("score", 1.0)))
                 rles.append(coco.rle(a)["counts"].encode("ascii") if has_mask else b"")
                 boxes.append(a["bbox"] if "bbox" in a else [0.0, 0.0, 0.0, 0.0])
                 ids.append(a["id"])
@@ -94,6 +96,7 @@ class AnnotationIndex:
         self.starts = np.asarray(starts, dtype=np.int64)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.weights = np.asarray(weights, dtype=np.float32)
+        self.quality = np.asarray(quality, dtype=np.float32)
         self.rles = _Strings(rles)
         self.has_mask = np.asarray([len(r) > 0 for r in rles], dtype=bool)
         self.boxes_xywh = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)

@@ -4,7 +4,8 @@ A step's global batch is a deterministic function of ``(seed, step)``: a seeded 
 per epoch, consecutive slices of it. Under ``torchrun`` rank r takes positions
 ``[r * b, (r + 1) * b)`` of it (``b = batch / world``), so the images of a global step are the
 same for any number of ranks, and each image's LSJ draws come from ``(seed, step, position)``:
-two ranks see exactly what one process with the same global batch sees. Items are built in
+two ranks see exactly what one process with the same global batch sees (a copy-paste peer
+too: it is drawn from the same generator after the LSJ). Items are built in
 ``DataLoader`` workers (decoding, RLE, LSJ) while the model trains on the previous step.
 """
 
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from pseudolabel.students.copy_paste import PeerPool
 from pseudolabel.students.data import InstanceData, large_scale_jitter
 
 
@@ -32,16 +34,19 @@ def image_seed(seed: int, step: int, position: int) -> int:
 
 class StepBatches(Dataset):
     """Item k: this rank's share of global step ``start + k`` as a list of ``Sample`` objects,
-    with each image's global position (for its seed)."""
+    with each image's global position (for its seed); ``peers``: paste one of them into each
+    image (peer-assisted copy-paste, ``copy_paste.py``)."""
 
     def __init__(self, data: InstanceData, *, batch: int, rank: int, world: int, seed: int,
-                 size: int, scale_range: tuple[float, float], start: int, end: int) -> None:
+                 size: int, scale_range: tuple[float, float], start: int, end: int,
+                 peers: PeerPool | None = None) -> None:
         if batch % world:
             raise ValueError(f"batch {batch} does not split over {world} ranks; use a "
                              "multiple of the number of processes")
         self.data, self.batch, self.rank, self.world = data, batch, rank, world
         self.seed, self.size, self.scale_range = seed, size, scale_range
         self.start, self.end = start, end
+        self.peers = peers
 
     def __len__(self) -> int:
         return self.end - self.start
@@ -56,8 +61,11 @@ class StepBatches(Dataset):
         out = []
         for pos in self.positions():
             rng = np.random.default_rng(image_seed(self.seed, step, pos))
-            out.append(large_scale_jitter(*self.data.load(ids[pos]), rng, self.size,
-                                          self.scale_range))
+            sample = large_scale_jitter(*self.data.load(ids[pos]), rng, self.size,
+                                        self.scale_range)
+            if self.peers is not None:
+                sample = self.peers.paste(sample, rng, self.scale_range)
+            out.append(sample)
         return out, [image_seed(self.seed, step, pos) for pos in self.positions()]
 
 

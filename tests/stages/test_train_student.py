@@ -118,6 +118,15 @@ def test_cli_train_student(synth_dir, tmp_path):
     seeded = json.loads((tmp_path / "run" / "student" / "full-mask2former-seed2"
                          / "settings.json").read_text())
     assert seeded["config"]["seed"] == 2
+    r = runner.invoke(app, ["train-student", "--full", "--copy-paste", "best", "--config",
+                            str(cfg)])
+    assert r.exit_code == 2 and "expected off, random or quality" in r.output
+    r = runner.invoke(app, ["train-student", "--full", "--copy-paste", "random", "--no-eval",
+                            "--config", str(cfg)])
+    assert r.exit_code == 0, r.output
+    pasted = json.loads((tmp_path / "run" / "student" / "full-mask2former-paste-random"
+                         / "settings.json").read_text())
+    assert pasted["copy_paste"] == "random"
 
 
 def test_quality_weights_scale_each_mask_loss():
@@ -211,3 +220,35 @@ def test_condinst_trains_resumes_and_evaluates(synth_dir, tmp_path):
     m = evaluate_student(tmp_path / "a", synth_dir / "annotations" / "val.json", images,
                          progress=False)
     assert m["num_predictions"] > 0 and "AP" in m["segm"]
+
+
+def test_copy_paste_student_resumes_to_the_same_weights(synth_dir, tmp_path):
+    from dataclasses import replace
+
+    from pseudolabel.students.copy_paste import PeerPool
+    from pseudolabel.students.data import InstanceData
+    from pseudolabel.students.loader import StepBatches
+
+    cfg = replace(TINY, arch="condinst")
+    train = synth_dir / "annotations" / "train.json"
+    images = synth_dir / "images"
+    data = InstanceData(train, images)
+    kw = dict(batch=2, rank=0, world=1, seed=0, size=96, scale_range=(0.5, 1.5), start=0,
+              end=3)
+    plain, pasted = StepBatches(data, **kw), StepBatches(data, **kw,
+                                                         peers=PeerPool(data, "quality"))
+    grew = [len(p.masks) - len(s.masks) for k in range(3)
+            for s, p in zip(plain[k][0], pasted[k][0], strict=True)]
+    assert max(grew) == 1  # one peer per image at most (occluded objects may leave)
+
+    train_student(train, images, tmp_path / "a", cfg, copy_paste="quality", progress=False)
+    train_student(train, images, tmp_path / "b", cfg, copy_paste="quality", progress=False,
+                  stop_after=2)
+    train_student(train, images, tmp_path / "b", cfg, copy_paste="quality", progress=False)
+    a = torch.load(tmp_path / "a" / "state.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b" / "state.pt", weights_only=True)["model"]
+    assert all(torch.equal(v, b[k]) for k, v in a.items())
+    settings = json.loads((tmp_path / "a" / "settings.json").read_text())
+    assert settings["copy_paste"] == "quality" and settings["peers"] > 0
+    with pytest.raises(ValueError, match="other settings"):  # not resumed without the paste
+        train_student(train, images, tmp_path / "a", cfg, progress=False)
