@@ -796,8 +796,11 @@ def train_student(
         _fail("give exactly one of --weak W or --full")
     if copy_paste is None:
         copy_paste = "quality" if boxseg else "off"
-    if copy_paste not in ("off", "random", "quality"):
-        _fail(f"--copy-paste {copy_paste!r}: expected off, random or quality")
+    from pseudolabel.students.copy_paste import MODES as PASTE_MODES
+
+    if copy_paste not in PASTE_MODES:
+        _fail(f"--copy-paste {copy_paste!r}: expected {', '.join(PASTE_MODES[:-1])} or "
+              f"{PASTE_MODES[-1]}")
     if boxseg and (full or student != "condinst"):
         _fail("--boxseg trains a CondInst student from boxes: give --student condinst and "
               "--weak box+class (or --pseudo FILE)")

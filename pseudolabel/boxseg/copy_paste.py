@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pseudolabel.students.copy_paste import overlapping
 from pseudolabel.students.data import normalise
 
 
@@ -42,8 +43,9 @@ class MemoryBank:
                             mode="bilinear", align_corners=False, antialias=True)[0]
         masks = F.interpolate(torch.as_tensor(fused)[None], (size, size), mode="bilinear",
                               align_corners=False)[0, :, :nh, :nw] > 0.5
+        busy = overlapping(np.asarray(boxes, dtype=np.float64))
         for i, (box, w) in enumerate(zip(boxes, weights, strict=True)):
-            if mode == "quality" and (w <= tau or _overlaps_another(boxes, i)):
+            if mode == "quality" and (w <= tau or busy[i]):
                 continue
             if mode == "random" and w <= 0:
                 continue
@@ -71,15 +73,6 @@ class MemoryBank:
         for c, m, lab, w in zip(state["crops"], state["masks"], state["labels"],
                                 state["weights"], strict=True):
             self.items.append((c.numpy(), m.numpy(), int(lab), float(w)))
-
-
-def _overlaps_another(boxes: np.ndarray, i: int) -> bool:
-    b = boxes[i]
-    others = np.delete(boxes, i, axis=0)
-    if not len(others):
-        return False
-    return bool(((others[:, 0] < b[2]) & (others[:, 2] > b[0]) & (others[:, 1] < b[3])
-                 & (others[:, 3] > b[1])).any())
 
 
 def paste_peer(bank: MemoryBank, x: torch.Tensor, rgb: np.ndarray, boxes: np.ndarray,

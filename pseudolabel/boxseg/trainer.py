@@ -61,11 +61,12 @@ from pseudolabel.data.images import load_image, resolve_image_path
 from pseudolabel.data.masks import mask_to_rle
 from pseudolabel.pretrain.loop import train
 from pseudolabel.runtime import CPU, Runtime
+from pseudolabel.students.copy_paste import MODES as PASTE_MODES
 from pseudolabel.students.data import AnnotationIndex, resize_for_inference
 from pseudolabel.students.loader import global_batch, image_seed
 
 QAM_MODES = ("off", "bpma", "bqr", "bqr+qmf", "full")
-COPY_PASTE_MODES = ("off", "random", "quality")
+COPY_PASTE_MODES = PASTE_MODES
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,13 @@ def _options(prompts: tuple[str, ...], iters: int, cebox: bool, zoom: ZoomSpec |
             "zoom": zoom if zoomed else None}
 
 
+def _record(source: str, opts: dict, manifest: dict | None, **extra) -> dict:
+    """What a refined output records: its input, the options, ``manifest`` (the SAM)."""
+    return {"coarse": source, **opts, "prompts": list(opts["prompts"]),
+            "zoom": opts["zoom"].record() if opts["zoom"] else None, **extra,
+            **(manifest or {}), "reference": "seed 002 (SAMRefiner)"}
+
+
 def _refine(sam: PromptedSam, pixels: np.ndarray, masks: np.ndarray, opts: dict):
     """``refine_masks`` on one image, encoding it whole only where that is used."""
     whole = needs_embedding(opts.get("prompts", PROMPTS), opts.get("cebox", True),
@@ -81,9 +88,7 @@ def refine_coco(coarse_path: str | Path, image_root: str | Path, out: str | Path
     opts = _options(prompts, iters, cebox, zoom)
     t0 = time.perf_counter()
     coarse = load_coco(coarse_path)
-    manifest = {"coarse": str(coarse_path), **opts, "prompts": list(opts["prompts"]),
-                "zoom": opts["zoom"].record() if opts["zoom"] else None,
-                **(manifest or {}), "reference": "seed 002 (SAMRefiner)"}
+    manifest = _record(str(coarse_path), opts, manifest)
     writer = CocoStreamWriter(Path(out), coarse, None)  # info, with failures, at the end
     counts: Counter = Counter()
     failed: list[dict] = []
@@ -179,11 +184,8 @@ def refine_semantic(coarse_dir: str | Path, image_root: str | Path, out_dir: str
     files = sorted(coarse_dir.glob("*.png"))
     if not files:
         raise ValueError(f"{coarse_dir}: no .png label maps found")
-    record = {"coarse": str(coarse_dir.resolve()), "prompts": list(opts["prompts"]),
-              "iters": iters, "cebox": cebox,
-              "zoom": opts["zoom"].record() if opts["zoom"] else None,
-              "background": background, "ignore": ignore, "min_area": min_area,
-              **(manifest or {}), "reference": "seed 002 (SAMRefiner)"}
+    record = _record(str(coarse_dir.resolve()), opts, manifest, background=background,
+                     ignore=ignore, min_area=min_area)
     _claim_folder(out_dir, record, [f.name for f in files])
     counts: Counter = Counter()
     failed = []

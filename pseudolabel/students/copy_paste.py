@@ -53,7 +53,7 @@ class PeerPool:
             raise ValueError(f"copy-paste {mode!r}: expected one of {', '.join(MODES)}")
         self.data, self.mode = data, mode
         index = data.index
-        rows = []
+        rows, kept = [], []
         for i in range(len(index) if mode != "off" else 0):
             a, b = int(index.starts[i]), int(index.starts[i + 1])
             if a == b:
@@ -65,8 +65,11 @@ class PeerPool:
             ok = (xywh[:, 2] >= 2) & (xywh[:, 3] >= 2)  # at least 2 x 2 px (and a mask)
             if mode == "quality":
                 ok &= (index.quality[a:b] > tau) & ~overlapping(boxes)
-            rows += [k for k in range(a, b) if ok[k - a]]
-        self.rows = np.asarray(rows, dtype=np.int64)
+            rows.append(np.flatnonzero(ok) + a)
+            kept.append(boxes[ok])
+        self.rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        # xyxy in whole pixels: the crop a paste takes from the peer's image
+        self.boxes = (np.concatenate(kept) if kept else np.zeros((0, 4))).astype(np.int64)
         self.image_of = np.searchsorted(index.starts, self.rows, side="right") - 1
 
     def __len__(self) -> int:
@@ -78,8 +81,7 @@ class PeerPool:
         index, k, i = self.data.index, int(self.rows[j]), int(self.image_of[j])
         h, w = (int(v) for v in index.sizes[i])
         mask = mask_utils.decode({"size": [h, w], "counts": index.rles[k]}).astype(bool)
-        ys, xs = np.nonzero(mask)
-        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        x0, y0, x1, y1 = self.boxes[j]
         pixels = load_image(resolve_image_path(self.data.image_root, index.file_name(i)))
         return (pixels[y0:y1, x0:x1], mask[y0:y1, x0:x1], int(index.labels[k]),
                 float(index.weights[k]))
