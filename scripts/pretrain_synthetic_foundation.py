@@ -10,13 +10,17 @@
     python scripts/pretrain_synthetic_foundation.py gdino --steps 8000 --lr 1e-4 --warmup 100 \
         --init pseudolabel/assets/gdino_tiny.safetensors --data-seed 1001 --work runs/gd2  # more
     python scripts/pretrain_synthetic_foundation.py clip  --steps 3000 --work runs/pretrain
+    python scripts/pretrain_synthetic_foundation.py backbone --steps 2000 --work runs/pretrain
     python scripts/pretrain_synthetic_foundation.py export --work runs/pretrain
 
 Each run is seeded, resumable (re-run the same command after an interruption; ``--stop-after
 N`` splits training across runs) and shows a progress bar. ``export`` evaluates both models
 zero-shot on the target world's val split (the CLIP text tower by its class embeddings'
 cosines and its crop classification) and writes ``pseudolabel/assets/`` (safetensors weights +
-manifest.json). Models whose folder is absent keep their manifest entries.
+manifest.json). Models whose folder is absent keep their manifest entries. ``backbone`` (the
+synthetic students' ResNet-18, in ImageNet's place) is not shipped: it writes
+``<work>/backbone/resnet18_source.safetensors`` and ``backbone.json`` itself when its last step
+is done (``make synthetic-table2`` runs it first).
 """
 
 from __future__ import annotations
@@ -82,6 +86,41 @@ def run_clip(args) -> None:
     train(model, opt, lambda s: train_step(model, opt, s, cfg), steps=cfg.steps,
           state_path=out / "state.pt", every=100, desc="tiny CLIP", stop_after=args.stop_after)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+
+
+def run_backbone(args) -> None:
+    from pseudolabel.pretrain.backbone import (
+        BACKBONE_FILE,
+        BackbonePretrainConfig,
+        build_backbone,
+        crop_accuracy,
+        train_step,
+    )
+
+    cfg = BackbonePretrainConfig(steps=args.steps, seed=args.seed, data_seed=args.data_seed,
+                                 **({"warmup": args.warmup} if args.warmup is not None else {}),
+                                 **({"lr": args.lr} if args.lr is not None else {}))
+    torch.manual_seed(cfg.seed)
+    model = build_backbone()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    out = args.work / "backbone"
+    history = train(model, opt, lambda s: train_step(model, opt, s, cfg), steps=cfg.steps,
+                    state_path=out / "state.pt", every=100, desc="student backbone",
+                    stop_after=args.stop_after)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    if len(history) < cfg.steps:
+        return  # split run: the weights are written once the last step is done
+    # not in pseudolabel/assets: 22 MB even in fp16 (the assets stay under 20 MB)
+    save_safetensors(out / BACKBONE_FILE, model.state_dict())
+    seconds = torch.load(out / "state.pt", weights_only=True)["seconds"]
+    figures = {"crop_accuracy_target": round(crop_accuracy(model, "target"), 4),
+               "crop_accuracy_source": round(crop_accuracy(model, "source"), 4)}
+    (out / "backbone.json").write_text(json.dumps(
+        {"command": " ".join(sys.argv), "config": asdict(cfg), "seconds": round(seconds),
+         "threads": torch.get_num_threads(), "machine": platform.processor() or
+         platform.machine(), "figures": figures}, indent=2))
+    print(f"wrote {out / BACKBONE_FILE}: crop accuracy target "
+          f"{figures['crop_accuracy_target']:.3f}, source {figures['crop_accuracy_source']:.3f}")
 
 
 def run_gdino(args) -> None:
@@ -188,7 +227,7 @@ def run_export(args) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["sam", "gdino", "clip", "export"])
+    ap.add_argument("what", choices=["sam", "gdino", "clip", "backbone", "export"])
     ap.add_argument("--work", type=Path, default=Path("runs/pretrain"))
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--seed", type=int, default=0)
@@ -206,7 +245,7 @@ def main() -> None:
                     help="stop this run after N steps (resume later with the same command)")
     args = ap.parse_args()
     {"sam": run_sam, "gdino": run_gdino, "clip": run_clip,
-     "export": run_export}[args.what](args)
+     "backbone": run_backbone, "export": run_export}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
@@ -85,15 +87,21 @@ def test_table2_reads_a_full_student_trained_beside_the_columns(synth_dir, tmp_p
     assert table2.collect(tmp_path, "condinst")["rows"][0]["AP"] == 6.0
 
 
+RANDOM_INIT_TABLE = "### Table 2 with students from a random initialisation"
+
+
 def test_demo_quotes_the_readme_table2_figures():
     """The demo prints its student's AP beside README Table 2's point+class (10%) and fully
-    supervised CondInst students."""
+    supervised CondInst students trained as it is, from a random initialisation."""
     import re
 
     demo = (REPO / "scripts" / "demo.sh").read_text()
     point_ap = re.search(r"^T2_POINT_AP=([\d.]+)$", demo, re.M).group(1)
     full_ap = re.search(r"^T2_FULL_AP=([\d.]+)$", demo, re.M).group(1)
     readme = (REPO / "README.md").read_text()
+    readme = readme[readme.index(RANDOM_INIT_TABLE):]
+    readme = readme[:readme.index("\n#")]  # to the next heading
+    assert "--backbone-checkpoint" not in demo
     assert re.search(rf"^\| 10% \| point\+class \| [\d.]+ \| {re.escape(point_ap)} \|", readme,
                      re.M)
     assert re.search(rf"^\| 100% \| masks \| – \| {re.escape(full_ap)} \|", readme, re.M)
@@ -136,3 +144,33 @@ def test_export_of_a_continuation_keeps_the_stage_it_continued(synth_dir, tmp_pa
     assert entry["sha256"] == pretrain._sha256(shipped) != entry["earlier_stages"][0]["sha256"]
     assert entry["earlier_stages"][0]["command"] == "stage 1"
     assert "--init" in entry["command"] and "--lr 0.0001" in entry["command"]
+
+
+def test_backbone_pretraining_writes_weights_the_students_load(tmp_path, monkeypatch):
+    """`pretrain_synthetic_foundation.py backbone`: a split run writes no weights; the run
+    that does the last step writes a ResNet-18 file and its figures, and both students load
+    the file strictly (the classifier dropped)."""
+    import pretrain_synthetic_foundation as pretrain
+
+    from pseudolabel.pretrain import backbone as bb
+    from pseudolabel.stages.train_student import StudentConfig, build_student
+
+    monkeypatch.setattr(bb, "BackbonePretrainConfig",
+                        functools.partial(bb.BackbonePretrainConfig, batch_images=3, crop=32))
+    monkeypatch.setattr(bb, "crop_accuracy", lambda model, style: 0.5)
+    args = ["x", "backbone", "--steps", "2", "--work", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", args + ["--stop-after", "1"])
+    pretrain.main()
+    out = tmp_path / "backbone"
+    assert (out / "state.pt").is_file() and not (out / bb.BACKBONE_FILE).exists()
+    monkeypatch.setattr(sys, "argv", args)
+    pretrain.main()
+    record = json.loads((out / "backbone.json").read_text())
+    assert record["config"]["steps"] == 2 and record["figures"]["crop_accuracy_target"] == 0.5
+    weights = load_file(out / bb.BACKBONE_FILE)
+    for arch in ("condinst", "mask2former"):
+        model = build_student(StudentConfig(arch=arch, num_queries=5,
+                                            backbone_checkpoint=str(out / bb.BACKBONE_FILE)), 3)
+        if arch == "condinst":
+            torch.testing.assert_close(model.body.state_dict()["layer4.1.conv2.weight"],
+                                       weights["layer4.1.conv2.weight"])

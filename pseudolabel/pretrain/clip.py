@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pseudolabel.models.text import TEMPLATE, build_text_tiny
-from pseudolabel.pretrain.scenes import scene_at
+from pseudolabel.pretrain.scenes import grown_box, scene_at
 from pseudolabel.synthetic import CLASSES
 
 TEMPLATES = (TEMPLATE, "a {name}.", "a picture of a {name}.", "the {name}.",
@@ -77,16 +77,10 @@ class TinyClip(nn.Module):
 def object_crops(scene, rng: np.random.Generator) -> tuple[list[np.ndarray], list[int]]:
     """Each object's box (grown by up to 20%, jittered) as a ``CROP x CROP`` RGB crop."""
     crops, labels = [], []
-    h, w = scene.image.shape[:2]
     for obj in scene.objects:
-        ys, xs = np.nonzero(obj.mask)
-        if len(ys) < 4:
+        if (box := grown_box(obj.mask, rng, 0.2)) is None:
             continue
-        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-        grow = rng.uniform(0.0, 0.2)
-        dy, dx = int((y1 - y0) * grow / 2) + 1, int((x1 - x0) * grow / 2) + 1
-        y0, y1 = max(0, y0 - dy), min(h, y1 + dy)
-        x0, x1 = max(0, x0 - dx), min(w, x1 + dx)
+        y0, y1, x0, x1 = box
         patch = torch.as_tensor(scene.image[y0:y1, x0:x1]).permute(2, 0, 1)[None].float()
         crops.append(F.interpolate(patch, (CROP, CROP), mode="bilinear", align_corners=False,
                                    antialias=True)[0].numpy())
