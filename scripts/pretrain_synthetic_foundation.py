@@ -239,8 +239,10 @@ def main() -> None:
                     help="sam: start from weights: a plain tiny SAM's (into tiny_hr: all but "
                          "the detail path) or the same model's (a continuation); gdino: the "
                          "tiny Grounding DINO's (a continuation)")
-    ap.add_argument("--warmup", type=int, default=None, help="sam, gdino: warm-up steps")
-    ap.add_argument("--lr", type=float, default=None, help="sam, gdino: peak learning rate")
+    ap.add_argument("--warmup", type=int, default=None,
+                    help="sam, gdino, backbone: warm-up steps")
+    ap.add_argument("--lr", type=float, default=None,
+                    help="sam, gdino, backbone: peak learning rate")
     ap.add_argument("--stop-after", type=int, default=None,
                     help="stop this run after N steps (resume later with the same command)")
     args = ap.parse_args()
