@@ -27,7 +27,7 @@ from torch import nn
 from torchvision.models import resnet18
 
 from pseudolabel.pretrain.scenes import grown_box, scene_at
-from pseudolabel.students.data import IMAGENET_MEAN, IMAGENET_STD
+from pseudolabel.students.data import standardise
 from pseudolabel.synthetic import CLASSES
 
 BACKBONE_FILE = "resnet18_source.safetensors"
@@ -69,12 +69,6 @@ def context_crops(scene, rng: np.random.Generator, crop: int
     return crops, labels
 
 
-def _normalise(x: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
-    std = torch.tensor(IMAGENET_STD)[:, None, None]
-    return (x - mean) / std
-
-
 def batch_at(step: int, cfg: BackbonePretrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Step ``step``'s crops and labels (depend only on the seeds and ``step``)."""
     rng = np.random.default_rng([cfg.seed, step, 0])
@@ -84,7 +78,7 @@ def batch_at(step: int, cfg: BackbonePretrainConfig) -> tuple[torch.Tensor, torc
                                rng, cfg.crop)
         crops += c
         labels += lab
-    return _normalise(torch.stack(crops)), torch.as_tensor(labels)
+    return standardise(torch.stack(crops)), torch.as_tensor(labels)
 
 
 def lr_at(step: int, cfg: BackbonePretrainConfig) -> float:
@@ -118,7 +112,7 @@ def crop_accuracy(model: nn.Module, style: str = "target", scenes: int = 100,
         c, lab = context_crops(scene_at(seed, i, 160, style), rng, crop)
         if not c:
             continue
-        pred = model(_normalise(torch.stack(c))).argmax(1)
+        pred = model(standardise(torch.stack(c))).argmax(1)
         right += int((pred == torch.as_tensor(lab)).sum())
         total += len(lab)
     return right / max(1, total)

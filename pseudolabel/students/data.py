@@ -147,7 +147,11 @@ def normalise(pixels: torch.Tensor) -> torch.Tensor:
     """``(3, H, W)`` float in [0, 255] (or ``(H, W, 3)`` uint8) -> ImageNet-normalised."""
     if isinstance(pixels, np.ndarray):
         pixels = torch.as_tensor(pixels).permute(2, 0, 1).float()
-    x = pixels / 255.0
+    return standardise(pixels / 255.0)
+
+
+def standardise(x: torch.Tensor) -> torch.Tensor:
+    """``(..., 3, H, W)`` float in [0, 1] -> ImageNet-normalised."""
     mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
     std = torch.tensor(IMAGENET_STD)[:, None, None]
     return (x - mean) / std
